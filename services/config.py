@@ -1,0 +1,68 @@
+"""All configuration, read from environment variables with the VSEARCH_ prefix, in one place.
+
+Every process (gateway, worker, model server, CLI) builds a `Settings` with `Settings.from_env()`.
+The README lists the variables; docker-compose and the Kubernetes manifests use the same names.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+PREFIX = "VSEARCH_"
+
+
+def _split_paths(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Redis: broker, result backend and system of record. Keys are namespaced by `redis_prefix`.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "vsearch:"
+    # Model server (TF Serving or `vsearch model-server`), gRPC host:port.
+    model_server: str = "127.0.0.1:8500"
+    model_name: str = "effnet_lite0"
+    model_base: Path = Path("var/models")
+    model_timeout_s: float = 30.0
+    model_batch_size: int = 32
+    # Originals, thumbnails and index files.
+    data_dir: Path = Path("var/data")
+    # Bulk directory jobs may only read below these roots (os.pathsep separated).
+    allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
+    # Bearer token required on writes when set.
+    api_token: str | None = None
+    max_upload_mb: int = 64
+    max_image_pixels: int = 80_000_000
+    near_duplicate_threshold: float = 0.97
+
+    @classmethod
+    def from_env(cls, environ: os._Environ | dict | None = None, **overrides) -> "Settings":
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        return replace(cls(**values), **overrides)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+
+def _parse(name: str, type_name: str, raw: str):
+    try:
+        if "tuple[Path" in type_name:
+            return _split_paths(raw)
+        if "Path" in type_name:
+            return Path(raw).expanduser()
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {type_name}") from None
+    return raw
