@@ -1,0 +1,84 @@
+"""`vsearch`: server roles, model tools and client commands in one console script.
+
+Each command imports what it needs when it runs, so `vsearch search` never pays for TensorFlow.
+Errors are one clear line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from services.config import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """Visual search: index your images, find the ones that look alike."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command("export-model")
+@click.option("--model", type=click.Choice(["effnet_lite0", "alexnet"]), default="effnet_lite0", show_default=True)
+@click.option("--weights", help="Weights file or http(s) URL (alexnet: bvlc_alexnet.npy; effnet: the packaged weights).")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Model base directory [VSEARCH_MODEL_BASE].")
+@click.option("--version", "version", type=int, default=1, show_default=True)
+@click.option("--layer", type=click.Choice(["fc6", "fc7"]), default="fc6", show_default=True, help="AlexNet embedding layer.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing version.")
+def export_model_cmd(model, weights, out, version, layer, overwrite):
+    """Write a SavedModel to <out>/<model>/<version>/ for TF Serving."""
+    from model_export.export import export_model
+    out = out or _settings().model_base
+    try:
+        path = export_model(model=model, out=out, version=version, weights=weights, layer=layer, overwrite=overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        if type(exc).__name__ == "ModelExportError":
+            raise click.ClickException(str(exc)) from None
+        raise
+    click.echo(f"exported {model} version {version} to {path}")
+
+
+@main.command("model-server")
+@click.option("--model-base", type=click.Path(path_type=Path, file_okay=False), help="[VSEARCH_MODEL_BASE]")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=8500, show_default=True)
+@click.option("--max-batch", type=int, default=32, show_default=True, help="Largest batch run at once.")
+@click.option("--batch-timeout-ms", type=float, default=2.0, show_default=True,
+              help="How long a batch waits for more requests when the server is idle.")
+@click.option("--poll-s", type=float, default=10.0, show_default=True, help="Look for new versions this often (0: never).")
+def model_server_cmd(model_base, host, port, max_batch, batch_timeout_ms, poll_s):
+    """Serve SavedModels over TF Serving's gRPC API (Predict, GetModelMetadata, GetModelStatus)."""
+    from services.modelserver.registry import ModelRegistry
+    from services.modelserver.server import ModelServer
+    base = model_base or _settings().model_base
+    registry = ModelRegistry(base, max_batch=max_batch, batch_timeout_s=batch_timeout_ms / 1000)
+    loaded = registry.refresh()
+    if not loaded:
+        raise click.ClickException(f"no SavedModel found under {base}/<name>/<version>/; run `vsearch export-model` first")
+    server = ModelServer(registry, host, port, poll_s=poll_s).start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    click.echo(f"model server listening on {host}:{server.port}, models: "
+               + ", ".join(f"{n} v{v}" for n, v in loaded), err=True)
+    sys.stderr.flush()
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
