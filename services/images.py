@@ -1,0 +1,227 @@
+"""Image decoding and preprocessing, shared by the worker (indexing) and the gateway (queries).
+
+Model inputs must be bit-identical for identical bytes, so both sides call `load_for_model` (or,
+equivalently, `prepare(decode(data, draft_for=size), size)`), never their own resize.
+
+Exceptions (each has a machine `code` and a human message, `str(exc)`)::
+
+    ValueError
+    └── ImageError            "invalid_image"
+        ├── EmptyImage        "empty"
+        ├── UndecodableImage  "undecodable"         not an image, corrupt or truncated
+        ├── UnsupportedFormat "unsupported_format"  an image, but not one of ALLOWED_FORMATS
+        ├── ImageTooLarge     "too_large"           pixel count or a side above the limits
+        └── ImageTooSmall     "too_small"
+
+No module state is written: Pillow's global MAX_IMAGE_PIXELS and LOAD_TRUNCATED_IMAGES are left at
+their defaults (truncated files are then refused), and the size limit is our own, checked from the
+header before any pixel is decoded.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from services.config import Settings
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # sniffed in this order; MPO is JPEG
+DEFAULT_MAX_PIXELS = Settings.max_image_pixels
+MAX_SIDE = 30_000
+MIN_SIDE = 8
+# BICUBIC: Pillow's resize is antialiased (the kernel widens with the reduction), so bicubic is
+# sharper than bilinear without aliasing, and it is what EfficientNet's own eval preprocessing uses.
+# reducing_gap=3 first box-reduces by an integer factor while keeping >= 3x the target, then filters:
+# much faster on large non-JPEG images, and Pillow documents it as indistinguishable from a full
+# convolution at that gap.
+RESAMPLE = Image.Resampling.BICUBIC
+REDUCING_GAP = 3.0
+# JPEG draft (DCT-domain scaling by 1/2, 1/4 or 1/8) keeps the short side >= DRAFT_GAP * size.
+DRAFT_GAP = 2
+_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# What Pillow's decoders raise on corrupt or truncated data.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError,
+                  struct.error)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
+                b"msf1")
+
+
+class ImageError(ValueError):
+    code = "invalid_image"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class EmptyImage(ImageError):
+    code = "empty"
+
+
+class UndecodableImage(ImageError):
+    code = "undecodable"
+
+
+class UnsupportedFormat(ImageError):
+    code = "unsupported_format"
+
+
+class ImageTooLarge(ImageError):
+    code = "too_large"
+
+
+class ImageTooSmall(ImageError):
+    code = "too_small"
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format name (Pillow's, e.g. "JPEG"; or "PDF", "SVG", "HEIF") from the first bytes only."""
+    head = bytes(data[:1024])
+    prefix = head[:16]  # what Pillow's own identification looks at
+    Image.init()  # registers every plugin once; a no-op afterwards
+    for name in ALLOWED_FORMATS:
+        if _accepts(Image.OPEN[name][1], prefix):
+            return name
+    if head.startswith(b"%PDF-"):
+        return "PDF"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") and b"<svg" in head.lower():
+        return "SVG"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    # Other formats Pillow knows by their magic bytes (EPS, ICO, PSD...); plugins without a
+    # magic-bytes test are skipped, they would claim anything.
+    return next((name for name, (_, accept) in tuple(Image.OPEN.items())
+                 if name not in ALLOWED_FORMATS and accept and _accepts(accept, prefix)), None)
+
+
+def _accepts(accept, prefix: bytes) -> bool:
+    try:
+        result = accept(prefix)
+    except _DECODE_ERRORS:  # some tests index past a short prefix
+        return False
+    return bool(result) and not isinstance(result, str)  # a str: "maybe, but no decoder here"
+
+
+def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, *,
+           draft_for: int | None = None) -> Image.Image:
+    """Decode to an RGB, EXIF-oriented image (the first frame of an animation).
+
+    With `draft_for`, JPEGs are decoded at a reduced scale that still serves `prepare(_, draft_for)`
+    (short side >= DRAFT_GAP * draft_for) and thumbnails; other formats are decoded in full.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = Path(data).read_bytes()
+    if not data:
+        raise EmptyImage("the image is empty (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UndecodableImage("the data is not a recognised image")
+    if fmt not in ALLOWED_FORMATS:
+        raise UnsupportedFormat(f"{fmt} images are not supported; use one of "
+                                f"{', '.join(ALLOWED_FORMATS)}")
+    factory = Image.OPEN[fmt][0]
+    try:
+        # The plugin's factory parses the header only. Image.open would do the same plus Pillow's
+        # own bomb check, whose warning would leak; our limit below replaces it.
+        im = factory(io.BytesIO(data), "")
+    except _DECODE_ERRORS as exc:
+        raise UndecodableImage(f"cannot read the {fmt} header: {exc}") from None
+    _check_size(im.size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    if draft_for is not None:
+        w, h = im.size
+        scale = DRAFT_GAP * draft_for / min(w, h)
+        if scale < 1:  # draft keeps both sides >= the requested ones
+            im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+    try:
+        im.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except _DECODE_ERRORS as exc:
+        raise UndecodableImage(f"cannot decode the {fmt} image (corrupt or truncated): {exc}") from None
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except _DECODE_ERRORS:
+        pass  # unreadable EXIF: keep the stored orientation
+    return to_rgb(im)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w * h > max_pixels or max(w, h) > MAX_SIDE:
+        raise ImageTooLarge(f"the image is {w}x{h} ({w * h / 1e6:.1f} MP); the limits are "
+                            f"{max_pixels / 1e6:.1f} MP and {MAX_SIDE} pixels a side")
+    if min(w, h) < MIN_SIDE:
+        raise ImageTooSmall(f"the image is {w}x{h}; each side must be at least {MIN_SIDE} pixels")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of any Pillow mode: transparency over white, deep modes scaled to 8 bits."""
+    if im.mode in _INT_MODES:
+        return Image.fromarray(_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    if im.mode == "RGB":
+        return im
+    try:
+        return im.convert("RGB")
+    except ValueError as exc:
+        raise UnsupportedFormat(f"cannot convert colour mode {im.mode} to RGB: {exc}") from None
+
+
+def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit data by its full range; I and F by the range their values are in (8-bit, 16-bit,
+    0..1 floats), else stretched from min to max."""
+    a = np.nan_to_num(a.astype(np.float64), posinf=0.0, neginf=0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
+        lo, hi = 0.0, 65535.0
+    elif lo >= 0 and hi <= (1.0 if mode == "F" else 255.0):
+        lo, hi = 0.0, 1.0 if mode == "F" else 255.0
+    scaled = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def prepare(image: Image.Image, size: int) -> np.ndarray:
+    """Short side to `size`, centre crop `size` x `size`: uint8 [size, size, 3] RGB."""
+    if size <= 0:
+        raise ValueError(f"size must be positive, not {size}")
+    image = to_rgb(image)
+    w, h = image.size
+    s = min(w, h)
+    # Resizing only the centred s x s box (fractional coordinates allowed) is exactly "resize, then
+    # crop the middle", without resampling pixels that would be cropped away.
+    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    out = image.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    return np.array(out, dtype=np.uint8)
+
+
+def load_for_model(data: bytes | str | os.PathLike, size: int,
+                   max_pixels: int | None = None) -> np.ndarray:
+    """Decode and prepare in one step (JPEGs decoded at reduced scale): uint8 [size, size, 3]."""
+    return prepare(decode(data, max_pixels, draft_for=size), size)
+
+
+def thumbnail_jpeg(image: Image.Image, max_side: int = 256, quality: int = 85) -> bytes:
+    """JPEG bytes of the image fitted inside max_side x max_side (never enlarged)."""
+    thumb = to_rgb(image)
+    thumb = thumb.copy() if thumb is image else thumb  # Image.thumbnail works in place
+    thumb.thumbnail((max_side, max_side), RESAMPLE, reducing_gap=REDUCING_GAP)
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def resize_exact(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Squash to exactly width x height, ignoring the aspect ratio (the seed's image_resize)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"width and height must be positive, not {width}x{height}")
+    return to_rgb(image).resize((width, height), RESAMPLE, reducing_gap=REDUCING_GAP)
