@@ -36,6 +36,17 @@ class Settings:
     max_upload_mb: int = 64
     max_image_pixels: int = 80_000_000
     near_duplicate_threshold: float = 0.97
+    # URL ingest: private/loopback targets are refused unless this is set (on-prem sources, tests).
+    allow_private_urls: bool = False
+    url_timeout_s: float = 15.0
+    max_urls_per_job: int = 10_000
+    max_archive_members: int = 50_000
+    max_archive_mb: int = 4096
+    # Celery: a task unacknowledged this long (its worker died) is delivered again; above the longest task.
+    task_visibility_timeout_s: int = 600
+    task_time_limit_s: int = 300
+    # Images per ingest task: one model batch, so the model server sees full batches.
+    ingest_chunk: int = 32
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None, **overrides) -> "Settings":
@@ -59,6 +70,10 @@ def _parse(name: str, type_name: str, raw: str):
             return _split_paths(raw)
         if "Path" in type_name:
             return Path(raw).expanduser()
+        if type_name.startswith("bool"):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("1", "true", "yes")
         if type_name.startswith("int"):
             return int(raw)
         if type_name.startswith("float"):

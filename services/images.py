@@ -48,6 +48,10 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 # What Pillow's decoders raise on corrupt or truncated data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError,
                   struct.error)
+# Pillow's own global limit (~89 MP warns, ~179 MP raises) still runs inside a few plugins (a GIF
+# frame larger than its screen, TIFF strips): where the warning is raised as an error, it means the
+# same as the error.
+_PILLOW_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
                 b"msf1")
 
@@ -125,11 +129,12 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, *,
     if fmt not in ALLOWED_FORMATS:
         raise UnsupportedFormat(f"{fmt} images are not supported; use one of "
                                 f"{', '.join(ALLOWED_FORMATS)}")
-    factory = Image.OPEN[fmt][0]
     try:
         # The plugin's factory parses the header only. Image.open would do the same plus Pillow's
         # own bomb check, whose warning would leak; our limit below replaces it.
-        im = factory(io.BytesIO(data), "")
+        im = Image.OPEN[fmt][0](io.BytesIO(data), "")
+    except _PILLOW_BOMB as exc:  # a GIF frame far outside its screen; see _PILLOW_BOMB
+        raise ImageTooLarge(str(exc)) from None
     except _DECODE_ERRORS as exc:
         raise UndecodableImage(f"cannot read the {fmt} header: {exc}") from None
     _check_size(im.size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
@@ -140,7 +145,7 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, *,
             im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
     try:
         im.load()
-    except Image.DecompressionBombError as exc:
+    except _PILLOW_BOMB as exc:
         raise ImageTooLarge(str(exc)) from None
     except _DECODE_ERRORS as exc:
         raise UndecodableImage(f"cannot decode the {fmt} image (corrupt or truncated): {exc}") from None
@@ -163,7 +168,7 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
 def to_rgb(im: Image.Image) -> Image.Image:
     """RGB of any Pillow mode: transparency over white, deep modes scaled to 8 bits."""
     if im.mode in _INT_MODES:
-        return Image.fromarray(_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+        return Image.fromarray(_to_uint8(im)).convert("RGB")
     if im.mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
         out = Image.new("RGB", im.size, (255, 255, 255))
@@ -177,17 +182,20 @@ def to_rgb(im: Image.Image) -> Image.Image:
         raise UnsupportedFormat(f"cannot convert colour mode {im.mode} to RGB: {exc}") from None
 
 
-def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+def _to_uint8(im: Image.Image) -> np.ndarray:
     """16-bit data by its full range; I and F by the range their values are in (8-bit, 16-bit,
     0..1 floats), else stretched from min to max."""
-    a = np.nan_to_num(a.astype(np.float64), posinf=0.0, neginf=0.0)
+    a = np.array(im, dtype=np.float32)  # a copy; float32 is exact for 16-bit values
+    np.nan_to_num(a, copy=False, posinf=0.0, neginf=0.0)
     lo, hi = float(a.min()), float(a.max())
-    if mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
+    unit = 1.0 if im.mode == "F" else 255.0
+    if im.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
         lo, hi = 0.0, 65535.0
-    elif lo >= 0 and hi <= (1.0 if mode == "F" else 255.0):
-        lo, hi = 0.0, 1.0 if mode == "F" else 255.0
-    scaled = (a - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    elif lo >= 0 and hi <= unit:
+        lo, hi = 0.0, unit
+    a -= lo
+    a *= 255.0 / max(hi - lo, 1e-12)
+    return np.clip(np.rint(a, out=a), 0, 255, out=a).astype(np.uint8)
 
 
 def prepare(image: Image.Image, size: int) -> np.ndarray:

@@ -46,6 +46,14 @@ def jpeg_header(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def gif_header(width: int, height: int) -> bytes:
+    """A real 16x16 GIF whose first frame claims width x height, far outside its 16x16 screen."""
+    data = bytearray(encode(Image.new("P", (16, 16)), "GIF"))
+    frame = data.index(b",\0\0\0\0\x10\0\x10\0")
+    data[frame + 5:frame + 9] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
 def assert_rgb(im: Image.Image, xy: tuple[int, int], expected, tol: int = 0) -> None:
     assert im.mode == "RGB"
     got = np.array(im.getpixel(xy), dtype=int)
@@ -157,12 +165,13 @@ def test_deep_modes_keep_their_gradient(array, fmt, expect_lo, expect_hi):
     assert abs(row[128] - (expect_lo + expect_hi) / 2) <= 3  # a gradient, not clipped to white
 
 
-@pytest.mark.parametrize("fmt, kwargs", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
+@pytest.mark.parametrize("fmt, kwargs", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {}),
+                                         ("MPO", {"quality": 95})])
 def test_animation_gives_its_first_frame(fmt, kwargs):
     frames = [Image.new("RGB", (32, 32), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **kwargs)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
-    assert_rgb(decode(data), (16, 16), (255, 0, 0))
+    assert_rgb(decode(data), (16, 16), (255, 0, 0), 2)
 
 
 # -- EXIF orientation --------------------------------------------------------------------------
@@ -268,7 +277,11 @@ def test_truncated_png_is_refused():
     png_header(100000, 100000),  # 10 GP: Pillow would raise its own error here
     png_header(40000, 10),       # a side above 30000
     jpeg_header(65000, 65000),
-], ids=["png-81MP", "png-100MP", "png-10GP", "png-long-side", "jpeg-4GP"])
+    gif_header(9000, 9000),
+    gif_header(10000, 10000),    # 100 MP: Pillow's GIF plugin warns while opening
+    gif_header(20000, 20000),    # 400 MP: Pillow's GIF plugin raises its own error while opening
+], ids=["png-81MP", "png-100MP", "png-10GP", "png-long-side", "jpeg-4GP", "gif-81MP", "gif-100MP",
+        "gif-400MP"])
 def test_decompression_bombs_are_refused_from_the_header(monkeypatch, data):
     def no_decoding(self):
         raise AssertionError("pixels were decoded")

@@ -1,0 +1,394 @@
+"""Redis as the system of record: image metadata, vectors, jobs and the published index pointer.
+
+Key layout, all under the prefix `p` (Settings.redis_prefix):
+
+    p:image:<id>              hash    metadata (IMAGE_FIELDS); id = hex SHA-256 of the original bytes
+    p:vectors:<model_key>     hash    image id -> float32 bytes, one hash per "model:version"
+    p:added:<model_key>       zset    image id scored by seq: the log of vector writes
+    p:deleted                 zset    deleted image id scored by seq
+    p:seq                     string  one counter for vector writes and deletions (see below)
+    p:models                  set     model keys that have vectors
+    p:job:<id>                hash    job state and counters
+    p:job:<id>:errors         list    JSON {"item", "error"}, the first MAX_JOB_ERRORS kept
+    p:job:<id>:seen           set     item keys already counted, so a retried item counts once
+    p:index:<model_key>       hash    published index: version, path, count, dim, size, built_at,
+                                      max_seq, n_trees
+    p:index:<model_key>:builds|:dirty|:lock   build numbers, pending request, builder lock
+
+`p:seq` is the clock of the index: a build records the seq it started from (max_seq); vectors
+added and ids deleted after it are exactly the log entries scored above it. A searcher polls
+that one counter per query to know whether anything changed.
+
+Multi-key updates are Lua scripts, atomic on the server. `delete_image` touches keys derived
+from `p:models` inside its script: fine on a single Redis, not cluster-safe.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+import redis
+
+IMAGE_FIELDS = ("source", "label", "width", "height", "format", "size_bytes", "created_at",
+                "status", "model", "near_duplicate_of", "error")
+STATUSES = ("pending", "indexed", "failed", "deleted")
+_TYPES = {"width": int, "height": int, "size_bytes": int, "created_at": float}
+MAX_JOB_ERRORS = 1000
+JOB_TTL_S = 7 * 86400  # finished jobs, their errors and seen-sets expire after a week
+_INDEX_TYPES = {"version": int, "count": int, "dim": int, "size": int, "max_seq": int,
+                "n_trees": int, "built_at": float}
+
+# A deleted image may be ingested again: it then starts over as a new record.
+_CREATE_IMAGE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if redis.call('EXISTS', KEYS[1]) == 1 and status ~= 'deleted' then return 0 end
+if status then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+_CREATE_HASH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+# -1: no such image; 0: deleted, or not changed.
+_UPDATE_IMAGE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'deleted' then return 0 end
+local n = tonumber(ARGV[1])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
+if #ARGV > 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
+return 1
+"""
+# Vector, log entry and status change in one step. Returns the new seq, 0 when the vector was
+# already there or the image is deleted (a delete that raced the worker wins), -1 if unknown.
+_PUT_VECTOR = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'deleted' then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[3], seq, ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'indexed', 'model', ARGV[3])
+redis.call('HDEL', KEYS[1], 'error')
+return seq
+"""
+_DELETE_IMAGE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if status == 'deleted' then return 1 end
+redis.call('HSET', KEYS[1], 'status', 'deleted')
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+for _, model in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  redis.call('HDEL', ARGV[2] .. 'vectors:' .. model, ARGV[1])
+  redis.call('ZREM', ARGV[2] .. 'added:' .. model, ARGV[1])
+end
+return 1
+"""
+# Shared by job scripts: queued -> running on any activity, -> done once every item is counted.
+_SETTLE_JOB = """
+local function settle(job, seen, errors, now, ttl)
+  local h = redis.call('HMGET', job, 'state', 'total', 'done', 'failed')
+  if h[1] ~= 'queued' and h[1] ~= 'running' then return end
+  local total = tonumber(h[2])
+  if total >= 0 and tonumber(h[3]) + tonumber(h[4]) >= total then
+    redis.call('HSET', job, 'state', 'done', 'finished_at', now)
+    for _, key in ipairs({job, seen, errors}) do redis.call('EXPIRE', key, ttl) end
+  elseif h[1] == 'queued' then
+    redis.call('HSET', job, 'state', 'running')
+  end
+end
+"""
+# KEYS: job, seen, errors. ARGV: item, done, failed, duplicates, near_duplicates, error JSON,
+# max errors, now, ttl. Returns 0 for an item already counted, -1 for an unknown job.
+_JOB_PROGRESS = _SETTLE_JOB + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] ~= '' and redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+for i, field in ipairs({'done', 'failed', 'duplicates', 'near_duplicates'}) do
+  if ARGV[i + 1] ~= '0' then redis.call('HINCRBY', KEYS[1], field, ARGV[i + 1]) end
+end
+if ARGV[6] ~= '' and redis.call('LLEN', KEYS[3]) < tonumber(ARGV[7]) then
+  redis.call('RPUSH', KEYS[3], ARGV[6])
+end
+settle(KEYS[1], KEYS[2], KEYS[3], ARGV[8], ARGV[9])
+return 1
+"""
+# ARGV: total ('' keeps it), now, ttl, and optionally a failure message (JSON error entry).
+_JOB_STATE = _SETTLE_JOB + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'total', ARGV[1]) end
+if ARGV[4] then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[2])
+  redis.call('RPUSH', KEYS[3], ARGV[4])
+  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[3]) end
+else
+  settle(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3])
+end
+return 1
+"""
+_PUBLISH_INDEX = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if tonumber(ARGV[2]) <= current then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+_REFRESH_LOCK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+def image_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decode(raw: dict, types: dict) -> dict:
+    out = {}
+    for k, v in raw.items():
+        k, v = k.decode(), v.decode()
+        out[k] = types.get(k, str)(v)
+    return out
+
+
+def _pairs(fields: dict) -> list:
+    return [x for k, v in fields.items() for x in (k, v)]
+
+
+def _to_blob(vector) -> bytes:
+    v = np.asarray(vector, dtype="<f4")
+    if v.ndim != 1 or not v.size or not np.isfinite(v).all():
+        raise ValueError(f"a vector must be 1-d, non-empty and finite, got shape {v.shape}")
+    return v.tobytes()
+
+
+def _to_matrix(blobs: list[bytes]) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, 0), dtype=np.float32)
+    if len({len(b) for b in blobs}) != 1:
+        raise ValueError("stored vectors of one model key have different lengths")
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
+
+
+class Store:
+    def __init__(self, client: redis.Redis, prefix: str = "vsearch:"):
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("Store needs a Redis client with decode_responses=False (vectors are bytes)")
+        self.redis = client
+        self.prefix = prefix
+        script = client.register_script
+        self._create_image, self._create_hash = script(_CREATE_IMAGE), script(_CREATE_HASH)
+        self._update_image, self._put_vector = script(_UPDATE_IMAGE), script(_PUT_VECTOR)
+        self._delete_image = script(_DELETE_IMAGE)
+        self._job_progress, self._job_state = script(_JOB_PROGRESS), script(_JOB_STATE)
+        self._publish_index = script(_PUBLISH_INDEX)
+        self._refresh_lock, self._release_lock = script(_REFRESH_LOCK), script(_RELEASE_LOCK)
+
+    @classmethod
+    def from_settings(cls, settings, **redis_kwargs) -> "Store":
+        # Explicit timeouts: a stuck Redis must fail a request, not hang a gateway thread.
+        kwargs = dict(socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30)
+        client = redis.Redis.from_url(settings.redis_url, **(kwargs | redis_kwargs))
+        return cls(client, settings.redis_prefix)
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- images ---------------------------------------------------------------------------
+    def create_image(self, image_id: str, **meta) -> bool:
+        """Create the record; False (nothing changed) if it exists and is not deleted."""
+        meta = {"status": "pending", "created_at": time.time()} | meta
+        fields = {k: v for k, v in meta.items() if v is not None}
+        args = [image_id, *_pairs(fields)]
+        return bool(self._create_image(keys=[self.key("image", image_id), self.key("deleted")], args=args))
+
+    def get_image(self, image_id: str) -> dict | None:
+        raw = self.redis.hgetall(self.key("image", image_id))
+        if not raw:
+            return None
+        return {"id": image_id} | dict.fromkeys(IMAGE_FIELDS) | _decode(raw, _TYPES)
+
+    def update_image(self, image_id: str, **fields) -> bool:
+        """Set fields (None removes one). False if the image is deleted; KeyError if unknown."""
+        if fields.get("status") == "deleted":
+            raise ValueError("use delete_image() to delete an image")
+        sets = {k: v for k, v in fields.items() if v is not None}
+        dels = [k for k, v in fields.items() if v is None]
+        args = [len(sets), *_pairs(sets), *dels]
+        result = self._update_image(keys=[self.key("image", image_id)], args=args)
+        if result < 0:
+            raise KeyError(image_id)
+        return bool(result)
+
+    def delete_image(self, image_id: str) -> bool:
+        """Tombstone the record and drop its vectors and log entries; False if unknown."""
+        keys = [self.key("image", image_id), self.key("deleted"), self.key("seq"), self.key("models")]
+        return bool(self._delete_image(keys=keys, args=[image_id, self.prefix]))
+
+    # -- vectors --------------------------------------------------------------------------
+    def put_vector(self, model_key: str, image_id: str, vector) -> bool:
+        return self.put_vectors(model_key, [image_id], [vector])[0]
+
+    def put_vectors(self, model_key: str, image_ids: Iterable[str], vectors) -> list[bool]:
+        """Store vectors and mark images indexed, in one round trip. True where newly added;
+        False where already stored or deleted meanwhile; KeyError if an image is unknown."""
+        image_ids = list(image_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        static = [self.key("vectors", model_key), self.key("added", model_key), self.key("seq"),
+                  self.key("models")]
+        for iid, vector in zip(image_ids, vectors, strict=True):
+            keys = [self.key("image", iid), *static]
+            self._put_vector(keys=keys, args=[iid, _to_blob(vector), model_key], client=pipe)
+        results = pipe.execute()
+        for iid, r in zip(image_ids, results):
+            if r < 0:
+                raise KeyError(f"no image record for {iid}")
+        return [r > 0 for r in results]
+
+    def get_vectors(self, model_key: str, image_ids: Iterable[str]) -> tuple[list[str], np.ndarray]:
+        """(ids found, matrix with one row each), in the order asked; missing ids are left out."""
+        image_ids = list(image_ids)
+        blobs = self.redis.hmget(self.key("vectors", model_key), image_ids) if image_ids else []
+        found = [(i, b) for i, b in zip(image_ids, blobs) if b is not None]
+        return [i for i, _ in found], _to_matrix([b for _, b in found])
+
+    def iter_vectors(self, model_key: str, batch: int = 1000) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every vector of model_key, in chunks, without holding them all in Redis' reply."""
+        seen: set[bytes] = set()  # HSCAN may repeat a field while the hash is being resized
+        cursor = None
+        while cursor != 0:
+            cursor, chunk = self.redis.hscan(self.key("vectors", model_key), cursor or 0, count=batch)
+            fresh = [(k, v) for k, v in chunk.items() if k not in seen]
+            seen.update(k for k, _ in fresh)
+            if fresh:
+                yield [k.decode() for k, _ in fresh], _to_matrix([v for _, v in fresh])
+
+    def count_vectors(self, model_key: str) -> int:
+        return self.redis.hlen(self.key("vectors", model_key))
+
+    def model_keys(self) -> list[str]:
+        return sorted(m.decode() for m in self.redis.smembers(self.key("models")))
+
+    # -- the log the searcher and the builder read ----------------------------------------
+    def current_seq(self) -> int:
+        return int(self.redis.get(self.key("seq")) or 0)
+
+    def poll(self, model_key: str) -> tuple[int, int]:
+        """(published index version, seq) in one round trip: the searcher's per-query check."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.key("index", model_key), "version").get(self.key("seq"))
+        version, seq = pipe.execute()
+        return int(version or 0), int(seq or 0)
+
+    def added_since(self, model_key: str, after: int, upto: int | str = "+inf") -> list[tuple[str, int]]:
+        entries = self.redis.zrangebyscore(self.key("added", model_key), f"({after}", upto, withscores=True)
+        return [(i.decode(), int(s)) for i, s in entries]
+
+    def deleted_since(self, after: int) -> set[str]:
+        return {i.decode() for i in self.redis.zrangebyscore(self.key("deleted"), f"({after}", "+inf")}
+
+    def deleted_among(self, image_ids: list[str]) -> list[bool]:
+        scores = self.redis.zmscore(self.key("deleted"), image_ids) if image_ids else []
+        return [s is not None for s in scores]
+
+    def pending_count(self, model_key: str) -> int:
+        """Vectors written since the published index was built (searchable, not yet in Annoy)."""
+        max_seq = int(self.redis.hget(self.key("index", model_key), "max_seq") or 0)
+        return self.redis.zcount(self.key("added", model_key), f"({max_seq}", "+inf")
+
+    # -- jobs -----------------------------------------------------------------------------
+    def _job_keys(self, job_id: str) -> list[str]:
+        job = self.key("job", job_id)
+        return [job, job + ":seen", job + ":errors"]
+
+    def create_job(self, job_id: str, total: int | None, kind: str, **meta) -> bool:
+        """total=None when not known yet (set it with start_job). False if the job exists."""
+        fields = {k: v for k, v in meta.items() if v is not None} | {
+            "job_id": job_id, "kind": kind, "state": "queued", "total": -1 if total is None else total,
+            "done": 0, "failed": 0, "duplicates": 0, "near_duplicates": 0, "created_at": time.time()}
+        created = bool(self._create_hash(keys=[self.key("job", job_id)], args=_pairs(fields)))
+        if created and total == 0:
+            self.start_job(job_id)
+        return created
+
+    def start_job(self, job_id: str, total: int | None = None) -> None:
+        """queued -> running (or done at once when nothing is left to count)."""
+        args = ["" if total is None else total, time.time(), JOB_TTL_S]
+        if self._job_state(keys=self._job_keys(job_id), args=args) < 0:
+            raise KeyError(job_id)
+
+    def fail_job(self, job_id: str, message: str) -> None:
+        """The job as a whole failed (unreadable archive, missing directory...)."""
+        args = ["", time.time(), JOB_TTL_S, json.dumps({"item": None, "error": message})]
+        if self._job_state(keys=self._job_keys(job_id), args=args) < 0:
+            raise KeyError(job_id)
+
+    def job_progress(self, job_id: str, item: str | None = None, *, done: int = 0, failed: int = 0,
+                     error: str | None = None, duplicates: int = 0, near_duplicates: int = 0,
+                     max_errors: int = MAX_JOB_ERRORS) -> bool:
+        """Count an item's outcome. With `item`, a retried item is counted once: returns False
+        (and changes nothing) the second time. `error` is recorded as {"item", "error"}."""
+        err = "" if error is None else json.dumps({"item": item, "error": error})
+        args = [item or "", done, failed, duplicates, near_duplicates, err, max_errors, time.time(), JOB_TTL_S]
+        result = self._job_progress(keys=self._job_keys(job_id), args=args)
+        if result < 0:
+            raise KeyError(job_id)
+        return bool(result)
+
+    def get_job(self, job_id: str) -> dict | None:
+        job, _, errors = self._job_keys(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        raw, errs = pipe.hgetall(job).lrange(errors, 0, -1).execute()
+        if not raw:
+            return None
+        ints = dict.fromkeys(("total", "done", "failed", "duplicates", "near_duplicates"), int)
+        out = {"finished_at": None} | _decode(raw, ints | {"created_at": float, "finished_at": float})
+        if out["total"] < 0:
+            out["total"] = None
+        return out | {"errors": [json.loads(e) for e in errs]}
+
+    # -- the published index and its builder ----------------------------------------------
+    def get_index_info(self, model_key: str) -> dict | None:
+        raw = self.redis.hgetall(self.key("index", model_key))
+        return _decode(raw, _INDEX_TYPES) if raw else None
+
+    def reserve_index_version(self, model_key: str) -> int:
+        """A build number, unique even among builders that did not take the lock."""
+        return self.redis.incr(self.key("index", model_key, "builds"))
+
+    def publish_index(self, model_key: str, info: dict) -> bool:
+        """Make `info` the published index unless a newer version is already published."""
+        args = ["version", info["version"], *_pairs({k: v for k, v in info.items() if k != "version"})]
+        return bool(self._publish_index(keys=[self.key("index", model_key)], args=args))
+
+    def request_index_build(self, model_key: str) -> bool:
+        """Mark a build as wanted; True if no builder holds the lock (the caller should build)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.key("index", model_key, "dirty"), 1).exists(self.key("index", model_key, "lock"))
+        return not pipe.execute()[1]
+
+    def take_index_build_request(self, model_key: str) -> bool:
+        return self.redis.getdel(self.key("index", model_key, "dirty")) is not None
+
+    def index_build_requested(self, model_key: str) -> bool:
+        return bool(self.redis.exists(self.key("index", model_key, "dirty")))
+
+    def acquire_index_lock(self, model_key: str, token: str, ttl_s: float) -> bool:
+        return bool(self.redis.set(self.key("index", model_key, "lock"), token, nx=True, px=int(ttl_s * 1000)))
+
+    def refresh_index_lock(self, model_key: str, token: str, ttl_s: float) -> bool:
+        return bool(self._refresh_lock(keys=[self.key("index", model_key, "lock")], args=[token, int(ttl_s * 1000)]))
+
+    def release_index_lock(self, model_key: str, token: str) -> bool:
+        return bool(self._release_lock(keys=[self.key("index", model_key, "lock")], args=[token]))
