@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from services import images
+from services.config import Settings
 from services.images import ImageError, decode, load_for_model, prepare, sniff_format
 
 BG, FG = (200, 30, 60), (20, 140, 250)
@@ -296,7 +297,7 @@ def test_max_pixels_is_configurable():
     assert decode(data, max_pixels=10_000).size == (100, 100)
     with pytest.raises(images.ImageTooLarge):
         decode(data, max_pixels=9_999)
-    assert images.DEFAULT_MAX_PIXELS == 80_000_000
+    assert images.DEFAULT_MAX_PIXELS == Settings().max_image_pixels == 80_000_000
 
 
 def test_exception_codes():
