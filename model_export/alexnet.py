@@ -5,16 +5,13 @@ weights. Loading it unpickles, which can run code: only export weights from a so
 """
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import requests
 import tensorflow as tf
 
 from .errors import ModelExportError
+from .fetch import local_file
 
 INPUT_SIZE = 227
 FEATURE_DIM = 4096
@@ -33,58 +30,36 @@ SHAPES = {
 }
 # Layers split into two halves along channels (the original two-GPU layout).
 GROUPED = ("conv2", "conv4", "conv5")
-DOWNLOAD_TIMEOUT_S = (10.0, 60.0)  # connect, read between chunks
 
 
 def load_weights(source: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Reads and checks the weights from a local path or an http(s) URL."""
-    if str(source).startswith(("http://", "https://")):
-        with _downloaded(str(source)) as path:
-            return _read_npy(path)
-    return _read_npy(Path(source))
-
-
-@contextmanager
-def _downloaded(url: str) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="vsearch-alexnet-") as tmp:
-        path = Path(tmp) / "weights.npy"
+    with local_file(source, "AlexNet weights") as path:
         try:
-            with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                response.raise_for_status()
-                with path.open("wb") as file:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        file.write(chunk)
-        except requests.RequestException as exc:
-            raise ModelExportError(f"cannot download AlexNet weights from {url}: {exc}") from exc
-        yield path
-
-
-def _read_npy(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    if not path.is_file():
-        raise ModelExportError(f"AlexNet weights file not found: {path}")
-    try:
-        loaded = np.load(path, allow_pickle=True, encoding="latin1")
-    except Exception as exc:  # numpy and pickle raise many types for a file that is not .npy
-        raise ModelExportError(f"{path} is not a .npy file: {exc}") from exc
+            loaded = np.load(path, allow_pickle=True, encoding="latin1")
+        except Exception as exc:  # numpy and pickle raise many types for a file that is not .npy
+            raise ModelExportError(f"{source} is not a .npy file: {exc}") from exc
     if not (isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ()):
-        raise ModelExportError(f"{path} does not hold a pickled dict of layers (bvlc_alexnet.npy layout)")
+        if hasattr(loaded, "close"):  # an .npz archive keeps its file open
+            loaded.close()
+        raise ModelExportError(f"{source} does not hold a pickled dict of layers (bvlc_alexnet.npy layout)")
     layers = loaded.item()
     if not isinstance(layers, dict):
-        raise ModelExportError(f"{path} holds a {type(layers).__name__}, not a dict of layers")
-    return {name: _layer(layers, name, shape, path) for name, shape in SHAPES.items()}
+        raise ModelExportError(f"{source} holds a {type(layers).__name__}, not a dict of layers")
+    return {name: _layer(layers, name, shape, source) for name, shape in SHAPES.items()}
 
 
-def _layer(layers: dict, name: str, shape: tuple[int, ...], path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _layer(layers: dict, name: str, shape: tuple[int, ...], source) -> tuple[np.ndarray, np.ndarray]:
     entry = layers.get(name)
     if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-        raise ModelExportError(f"{path}: layer {name!r} missing or not a [weights, biases] pair")
+        raise ModelExportError(f"{source}: layer {name!r} missing or not a [weights, biases] pair")
     weights, biases = (np.asarray(part) for part in entry)
     for what, value, expected in (("weights", weights, shape), ("biases", biases, shape[-1:])):
         if value.shape != expected:
-            raise ModelExportError(f"{path}: {name} {what} have shape {value.shape}, expected {expected}")
+            raise ModelExportError(f"{source}: {name} {what} have shape {value.shape}, expected {expected}")
         if not np.issubdtype(value.dtype, np.floating):
-            raise ModelExportError(f"{path}: {name} {what} are {value.dtype}, not floating point")
-    return weights.astype(np.float32), biases.astype(np.float32)
+            raise ModelExportError(f"{source}: {name} {what} are {value.dtype}, not floating point")
+    return weights.astype(np.float32, copy=False), biases.astype(np.float32, copy=False)
 
 
 class AlexNet(tf.Module):
@@ -98,8 +73,12 @@ class AlexNet(tf.Module):
         if layer not in LAYERS:
             raise ModelExportError(f"unknown AlexNet layer {layer!r}; choose one of {', '.join(LAYERS)}")
         self.layer = layer
-        self.kernels = {name: tf.Variable(w, trainable=False, name=f"{name}_w") for name, (w, _) in weights.items()}
-        self.biases = {name: tf.Variable(b, trainable=False, name=f"{name}_b") for name, (_, b) in weights.items()}
+        self.kernels = {
+            name: tf.Variable(w, trainable=False, name=f"{name}_w") for name, (w, _) in weights.items()
+        }
+        self.biases = {
+            name: tf.Variable(b, trainable=False, name=f"{name}_b") for name, (_, b) in weights.items()
+        }
 
     def _conv(self, x: tf.Tensor, name: str, stride: int = 1, padding: str = "SAME") -> tf.Tensor:
         kernel, strides = self.kernels[name], (1, stride, stride, 1)

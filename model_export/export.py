@@ -12,10 +12,10 @@ from .errors import ModelExportError
 
 logger = logging.getLogger(__name__)
 
+MODELS = ("effnet_lite0", "alexnet")
 DEFAULT_MODEL = "effnet_lite0"
-# Embedding layers per model; the first is the default.
-LAYERS = {"effnet_lite0": ("pool",), "alexnet": ("fc6", "fc7")}
-MODELS = tuple(LAYERS)
+# AlexNet's embedding layers, the default first; effnet_lite0 has one embedding, its pooled features.
+ALEXNET_LAYERS = ("fc6", "fc7")
 
 
 def export_model(
@@ -24,21 +24,23 @@ def export_model(
     out: str | Path,
     version: int = 1,
     weights: str | Path | None = None,
-    layer: str | None = None,
+    layer: str = ALEXNET_LAYERS[0],
     overwrite: bool = False,
 ) -> Path:
     """Writes `<out>/<model>/<version>/` and returns that folder.
 
-    weights: effnet_lite0 takes a PyTorch state_dict path (None: the packaged pretrained one); alexnet
-    needs a `bvlc_alexnet.npy` path or http(s) URL. layer: the embedding layer, None for the model's
-    default (alexnet: fc6, post-ReLU). Raises ModelExportError on bad input, VersionExistsError (also a
-    FileExistsError) if the version exists and overwrite is False.
+    weights: a path or http(s) URL; effnet_lite0 reads a PyTorch state_dict (None: the packaged
+    pretrained one), alexnet needs `bvlc_alexnet.npy`. layer: AlexNet's embedding layer, fc6 or fc7
+    (post-ReLU); effnet_lite0 accepts only the default. Raises ModelExportError on bad input,
+    VersionExistsError (also a FileExistsError) if the version exists and overwrite is False.
     """
-    if model not in LAYERS:
+    if model not in MODELS:
         raise ModelExportError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    layer = LAYERS[model][0] if layer is None else layer
-    if layer not in LAYERS[model]:
-        raise ModelExportError(f"{model} has no embedding layer {layer!r}; choose one of {', '.join(LAYERS[model])}")
+    if model == "alexnet" and layer not in ALEXNET_LAYERS:
+        choices = ", ".join(ALEXNET_LAYERS)
+        raise ModelExportError(f"alexnet has no embedding layer {layer!r}; choose one of {choices}")
+    if model != "alexnet" and layer != ALEXNET_LAYERS[0]:
+        raise ModelExportError(f"layer applies to alexnet only; {model} embeds its pooled features")
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ModelExportError(f"version must be a non-negative integer, not {version!r}")
     if model == "alexnet" and weights is None:
@@ -50,7 +52,7 @@ def export_model(
     started = time.perf_counter()
     network = _build(model, weights, layer)
     target = savedmodel.write_savedmodel(network, Path(out), model, version, overwrite)
-    logger.info("exported %s (layer %s) to %s in %.1f s", model, layer, target, time.perf_counter() - started)
+    logger.info("exported %s to %s in %.1f s", model, target, time.perf_counter() - started)
     return target
 
 

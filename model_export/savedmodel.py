@@ -7,6 +7,7 @@ and renamed into place, so a model server never sees a half-written version.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -46,8 +47,11 @@ def version_dir(base: Path, name: str, version: int, overwrite: bool = False) ->
     return target
 
 
-def write_savedmodel(network: tf.Module, base: Path, name: str, version: int, overwrite: bool = False) -> Path:
-    """Saves `network` (input_size attribute; call maps uint8 images to features, logits); returns the folder."""
+def write_savedmodel(network: tf.Module, base: Path, name: str, version: int, overwrite=False) -> Path:
+    """Saves `network` and returns the version folder.
+
+    `network` has an `input_size` and maps uint8 images to (features, logits) when called.
+    """
     target = version_dir(base, name, version, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=target.parent))
@@ -67,15 +71,23 @@ def _publish(staging: Path, target: Path, overwrite: bool) -> None:
     if not target.exists():
         try:
             os.rename(staging, target)
-        except OSError as exc:  # another export created it meanwhile
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # another export created it meanwhile
             raise VersionExistsError(f"{target} appeared during the export: {exc}") from exc
         return
     if not overwrite:
         raise VersionExistsError(f"{target} appeared during the export; pass overwrite=True to replace it")
-    # A folder cannot be renamed over a non-empty one: move the old version aside first.
+    # A folder cannot be renamed over a non-empty one: move the old version aside first. A server
+    # polling in between sees the version briefly missing, never half-written.
     retired = staging.with_name(staging.name.replace(".partial-", ".retired-"))
     os.rename(target, retired)
-    os.rename(staging, target)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(retired, target)
+        raise
     shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -80,5 +80,19 @@ def model_server_cmd(model_base, host, port, max_batch, batch_timeout_ms, poll_s
         server.stop()
 
 
+@main.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--queues", "-Q", default="ingest,index", show_default=True,
+              help="ingest: decode/embed/store; index: Annoy builds (run one consumer of it).")
+@click.option("--concurrency", "-c", type=int, default=4, show_default=True,
+              help="Tasks at once (threads): several keep decoding and inference overlapped.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker_cmd(queues, concurrency, loglevel, celery_args):
+    """Run a Celery worker (threads pool: gRPC and Pillow release the GIL)."""
+    from worker.app import app
+    app.worker_main(["worker", "-Q", queues, "--pool", "threads", "--concurrency", str(concurrency),
+                     "--loglevel", loglevel, "--without-gossip", "--without-mingle", *celery_args])
+
+
 if __name__ == "__main__":
     main()

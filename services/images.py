@@ -137,7 +137,8 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, *,
         raise ImageTooLarge(str(exc)) from None
     except _DECODE_ERRORS as exc:
         raise UndecodableImage(f"cannot read the {fmt} header: {exc}") from None
-    _check_size(im.size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    size = im.size
+    _check_size(size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     if draft_for is not None:
         w, h = im.size
         scale = DRAFT_GAP * draft_for / min(w, h)
@@ -153,7 +154,11 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, *,
         ImageOps.exif_transpose(im, in_place=True)
     except _DECODE_ERRORS:
         pass  # unreadable EXIF: keep the stored orientation
-    return to_rgb(im)
+    rgb = to_rgb(im)
+    # Full-resolution size, oriented (a draft decode is smaller than the original).
+    w, h = size
+    rgb.info["original_size"] = (h, w) if (rgb.width > rgb.height) != (w > h) and w != h else (w, h)
+    return rgb
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:

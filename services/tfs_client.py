@@ -42,8 +42,14 @@ class ModelServerError(RuntimeError):
 
     @property
     def transient(self) -> bool:
-        return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             grpc.StatusCode.RESOURCE_EXHAUSTED)
+        return isinstance(self, ModelServerUnavailable)
+
+
+class ModelServerUnavailable(ModelServerError):
+    """Down, overloaded or too slow: worth retrying later."""
+
+
+_TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,8 @@ class ModelClient:
         try:
             return method(request, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
-            raise ModelServerError(exc.code(), exc.details() or "") from None
+            error = ModelServerUnavailable if exc.code() in _TRANSIENT_CODES else ModelServerError
+            raise error(exc.code(), exc.details() or "") from None
 
     def info(self, refresh: bool = False) -> ModelInfo:
         """The served model's signature: input name and size, embedding dimension, version."""

@@ -87,7 +87,8 @@ def http_url(weights_file):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=weights_file.parent))
+    handler = functools.partial(QuietHandler, directory=weights_file.parent)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/"
@@ -121,7 +122,8 @@ def test_export_fc6_from_file(weights_file, images, reference, tmp_path):
 
 
 def test_export_fc7_from_url(http_url, images, reference, tmp_path):
-    version_dir = export_model("alexnet", out=tmp_path, version=2, weights=http_url + "bvlc_alexnet.npy", layer="fc7")
+    url = http_url + "bvlc_alexnet.npy"
+    version_dir = export_model("alexnet", out=tmp_path, version=2, weights=url, layer="fc7")
     served = serve(version_dir, images)
     assert np.abs(served["embedding"] - l2_normalise(reference["fc7"])).max() < 1e-4
     fc6_embedding = l2_normalise(reference["fc6"])
@@ -132,6 +134,16 @@ def test_export_fc7_from_url(http_url, images, reference, tmp_path):
 def _save(tmp_path: Path, obj) -> Path:
     path = tmp_path / "weights.npy"
     np.save(path, obj, allow_pickle=True)
+    return path
+
+
+def _pair(shape: tuple[int, ...], bias: int | None = None) -> list[np.ndarray]:
+    return [np.zeros(shape, np.float32), np.zeros(bias or shape[-1], np.float32)]
+
+
+def _npz(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.npz"
+    np.savez(path, conv1=np.zeros(3))
     return path
 
 
@@ -148,9 +160,12 @@ def _text(tmp_path: Path) -> Path:
         (_text, "not a .npy file"),
         (lambda tmp: _save(tmp, np.zeros(3, np.float32)), "pickled dict"),
         (lambda tmp: _save(tmp, ["conv1"]), "pickled dict"),
+        (_npz, "pickled dict"),
         (lambda tmp: _save(tmp, {"conv1": [np.zeros((11, 11, 3, 96), np.float32)]}), "conv1.*pair"),
-        (lambda tmp: _save(tmp, {"conv1": [np.zeros((11, 11, 3, 64), np.float32), np.zeros(64)]}), "conv1 weights have shape"),
-        (lambda tmp: _save(tmp, {"conv1": [np.zeros((11, 11, 3, 96), np.float32), np.zeros(96)]}), "'conv2' missing"),
+        (lambda tmp: _save(tmp, {"conv1": _pair((11, 11, 3, 64))}), "conv1 weights have shape"),
+        (lambda tmp: _save(tmp, {"conv1": _pair((11, 11, 3, 96), bias=95)}), "conv1 biases have shape"),
+        (lambda tmp: _save(tmp, {"conv1": [np.zeros((11, 11, 3, 96), int), np.zeros(96)]}), "not floating"),
+        (lambda tmp: _save(tmp, {"conv1": _pair((11, 11, 3, 96))}), "'conv2' missing"),
     ],
 )
 def test_bad_weight_files_raise_clear_errors(tmp_path, make_source, message):

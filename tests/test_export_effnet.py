@@ -23,39 +23,40 @@ def load_photo(path: Path, size: int = SIZE) -> np.ndarray:
     """Short side to `size`, then the centre square."""
     image = Image.open(path).convert("RGB")
     scale = size / min(image.size)
-    image = image.resize(
-        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.LANCZOS
-    )
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.LANCZOS)
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
-@pytest.fixture(scope="session")
-def photos() -> tuple[np.ndarray, np.ndarray]:
+@pytest.fixture(scope="module")
+def imagenet_batch() -> tuple[np.ndarray, np.ndarray]:
+    """The 20 photos as one uint8 batch, and their labels."""
     assert len(PHOTOS) == 20
     labels = np.array([int(path.stem.rsplit("_", 1)[1]) for path in PHOTOS])
     return np.stack([load_photo(path) for path in PHOTOS]), labels
 
 
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory) -> Path:
-    return export_model(out=tmp_path_factory.mktemp("models"))
+@pytest.fixture(scope="module")
+def exported(model_base) -> Path:
+    """The default export, made once per session by conftest's `model_base`."""
+    return model_base / "effnet_lite0" / "1"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serve(exported):
     return tf.saved_model.load(str(exported)).signatures["serving_default"]
 
 
-@pytest.fixture(scope="session")
-def served(serve, photos) -> dict[str, np.ndarray]:
-    return {name: value.numpy() for name, value in serve(images=tf.constant(photos[0])).items()}
+@pytest.fixture(scope="module")
+def served(serve, imagenet_batch) -> dict[str, np.ndarray]:
+    return {name: value.numpy() for name, value in serve(images=tf.constant(imagenet_batch[0])).items()}
 
 
-@pytest.fixture(scope="session")
-def reference(photos) -> tuple[np.ndarray, np.ndarray]:
+@pytest.fixture(scope="module")
+def reference(imagenet_batch) -> tuple[np.ndarray, np.ndarray]:
     state_dict = torch.load(effnet_lite0.packaged_weights_path(), map_location="cpu", weights_only=True)
-    return torch_reference.effnet_lite0(state_dict, photos[0])
+    return torch_reference.effnet_lite0(state_dict, imagenet_batch[0])
 
 
 def test_export_writes_one_version_folder(exported):
@@ -70,12 +71,12 @@ def test_signature_contract(serve):
     assert inputs["images"].dtype == tf.uint8 and inputs["images"].shape.as_list() == [None, SIZE, SIZE, 3]
     outputs = serve.structured_outputs
     assert sorted(outputs) == ["embedding", "probabilities"]
-    assert outputs["embedding"].dtype == tf.float32 and outputs["embedding"].shape.as_list() == [None, 1280]
-    assert outputs["probabilities"].dtype == tf.float32 and outputs["probabilities"].shape.as_list() == [None, 1000]
+    for name, dim in (("embedding", 1280), ("probabilities", 1000)):
+        assert outputs[name].dtype == tf.float32 and outputs[name].shape.as_list() == [None, dim]
 
 
-def test_features_and_logits_match_torch(photos, reference):
-    features, logits = effnet_lite0.build()(tf.constant(photos[0]))
+def test_features_and_logits_match_torch(imagenet_batch, reference):
+    features, logits = effnet_lite0.build()(tf.constant(imagenet_batch[0]))
     ref_features, ref_logits = reference
     assert np.abs(features.numpy() - ref_features).max() < 1e-4
     assert np.abs(logits.numpy() - ref_logits).max() < 1e-4
@@ -91,8 +92,8 @@ def test_served_outputs_match_torch(served, reference):
     assert np.abs(probabilities - ref_probabilities).max() < 1e-4
 
 
-def test_top1_on_imagenet_photos(served, photos):
-    correct = int((served["probabilities"].argmax(axis=1) == photos[1]).sum())
+def test_top1_on_imagenet_photos(served, imagenet_batch):
+    correct = int((served["probabilities"].argmax(axis=1) == imagenet_batch[1]).sum())
     assert correct >= 17, f"top-1 {correct}/20"
 
 
@@ -126,10 +127,11 @@ def test_refuses_to_overwrite_a_version_unless_asked(tmp_path):
     "kwargs, message",
     [
         ({"model": "resnet50"}, "unknown model"),
-        ({"layer": "fc7"}, "no embedding layer"),
+        ({"layer": "fc7"}, "alexnet only"),
         ({"version": -1}, "version"),
         ({"version": "2"}, "version"),
         ({"weights": "/nonexistent/lite0.pth"}, "not found"),
+        ({"weights": "http://127.0.0.1:9/lite0.pth"}, "cannot download"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, message):

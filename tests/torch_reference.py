@@ -65,11 +65,12 @@ def _tf_style_lrn(x: torch.Tensor, radius=2, alpha=2e-5, beta=0.75, bias=1.0) ->
 @torch.no_grad()
 def alexnet(weights: dict[str, tuple[np.ndarray, np.ndarray]], images: np.ndarray) -> dict[str, np.ndarray]:
     """fc6, fc7 (post-ReLU), fc8 logits and softmax probabilities for uint8 RGB images [N, 227, 227, 3]."""
-    w = {name: (torch.from_numpy(np.asarray(k)), torch.from_numpy(np.asarray(b))) for name, (k, b) in weights.items()}
+    w = {name: (torch.as_tensor(k), torch.as_tensor(b)) for name, (k, b) in weights.items()}
 
     def conv(x, name, stride=1, padding=0, groups=1):
         kernel, bias = w[name]
-        return F.relu(F.conv2d(x, kernel.permute(3, 2, 0, 1), bias, stride=stride, padding=padding, groups=groups))
+        x = F.conv2d(x, kernel.permute(3, 2, 0, 1), bias, stride=stride, padding=padding, groups=groups)
+        return F.relu(x)
 
     bgr = torch.from_numpy(images).float().flip(-1) - torch.tensor([104.0, 117.0, 123.0])
     x = bgr.permute(0, 3, 1, 2)

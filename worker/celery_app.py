@@ -26,6 +26,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "global_keyprefix": settings.redis_prefix,
             # A task not acknowledged within this time (its worker died) is delivered again.
             "visibility_timeout": settings.task_visibility_timeout_s,
+            # ...and the sweep that redelivers it runs this often (kombu's default is ~100 s).
+            "unacked_restore_interval": max(1, min(10, settings.task_visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={"global_keyprefix": settings.redis_prefix},
         result_expires=24 * 3600,

@@ -1,0 +1,345 @@
+"""The Annoy index: build and publish a versioned file, coalesce rebuilds, search it.
+
+Files in index_dir, per model key (":" becomes "-"): `<name>.<version>.ann` (Annoy, angular) and
+`<name>.<version>.ids` (one image id per line; Annoy item i is line i). A build writes temp files,
+renames them to a name never used before and then publishes the version in Redis: a file that a
+searcher has mmapped is never rewritten (that would SIGBUS the reader). The current and the
+previous version are kept, older ones removed.
+
+A `Searcher` answers from the newest loaded file merged with an exact search over the items
+written since that file was built ("fresh"), minus the ids deleted since then.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from services.store import Store
+
+logger = logging.getLogger(__name__)
+
+# With D=1280 an Annoy leaf holds up to ~D items, so trees are shallow and the file is dominated
+# by the items themselves: a tree costs little space, but build time grows linearly with the
+# count (~0.09 s per tree for 30k items on one core). Recall comes mostly from search_k. Measured
+# on synthetic clustered 1280-d sets (5k-30k items): Annoy's default search_k (n_trees * k) gave
+# recall@10 of 0.62-0.99; 32 trees with 8 * n_trees * k gave 0.97-1.0 (~1.3-2 ms per query),
+# 16 * n_trees * k 0.98-1.0 for ~0.3 ms more at 5k. Each extra candidate is one 1280-d dot product.
+N_TREES = 32
+SEARCH_K_FACTOR = 16
+LOCK_TTL_S = 60.0
+STALE_TMP_S = 3600.0
+
+
+class IndexLoadError(Exception):
+    """A published index file is missing, truncated or not what its Redis record says."""
+
+
+def index_basename(model_key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", model_key)
+
+
+def _node_bytes(dim: int) -> int:
+    # Annoy's angular node: int32 n_descendants, two int32 children, then dim float32.
+    return 12 + 4 * dim
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def build_index(store: Store, model_key: str, index_dir, n_trees: int = N_TREES, n_jobs: int = -1) -> dict:
+    """Build an index of every live vector of model_key, publish it, return its Redis record."""
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    previous = store.get_index_info(model_key)
+    # Read before the vectors: whatever is written from now on is scored above max_seq, so
+    # searchers keep treating it as fresh even if this scan happens to include it too.
+    max_seq = store.current_seq()
+    version = store.reserve_index_version(model_key)
+    ann, ids = None, []
+    for chunk_ids, matrix in store.iter_vectors(model_key):
+        deleted = store.deleted_among(chunk_ids)  # by construction none; cheap insurance
+        if ann is None:
+            ann = AnnoyIndex(matrix.shape[1], "angular")
+        for iid, row, gone in zip(chunk_ids, matrix, deleted):
+            if not gone:
+                ann.add_item(len(ids), row)
+                ids.append(iid)
+    dim = ann.f if ann is not None else (previous or {}).get("dim") or 1
+    ann = ann if ann is not None else AnnoyIndex(dim, "angular")
+    ann.build(n_trees, n_jobs=n_jobs)
+
+    base = f"{index_basename(model_key)}.{version:08d}"
+    tag = f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp_ann, tmp_ids = index_dir / f".{base}.ann{tag}", index_dir / f".{base}.ids{tag}"
+    try:
+        ann.save(str(tmp_ann))
+        ann.unload()
+        tmp_ids.write_text("".join(i + "\n" for i in ids))
+        for tmp in (tmp_ann, tmp_ids):
+            _fsync(tmp)
+        os.replace(tmp_ids, index_dir / f"{base}.ids")
+        os.replace(tmp_ann, index_dir / f"{base}.ann")
+    finally:
+        for tmp in (tmp_ann, tmp_ids):
+            tmp.unlink(missing_ok=True)
+    info = {"version": version, "path": f"{base}.ann", "count": len(ids), "dim": dim,
+            "size": (index_dir / f"{base}.ann").stat().st_size, "built_at": time.time(),
+            "max_seq": max_seq, "n_trees": n_trees}
+    if not store.publish_index(model_key, info):
+        # A builder that ignored the lock published something newer while we worked.
+        _remove_versions(index_dir, model_key, lambda v: v == version)
+        return info | {"published": False}
+    if previous:
+        _remove_versions(index_dir, model_key, lambda v: v < previous["version"])
+    logger.info("index %s v%d published: %d items, dim %d", model_key, version, len(ids), dim)
+    return info | {"published": True}
+
+
+def _remove_versions(index_dir: Path, model_key: str, doomed) -> None:
+    name = re.escape(index_basename(model_key))
+    published = re.compile(rf"{name}\.(\d+)\.(ann|ids)")
+    temporary = re.compile(rf"\.{name}\.\d+\.(ann|ids)\.tmp-\w+")
+    for path in index_dir.iterdir():
+        m = published.fullmatch(path.name)
+        # Only a crashed build leaves a temp file behind for long.
+        stale = temporary.fullmatch(path.name) and time.time() - path.stat().st_mtime > STALE_TMP_S
+        if (m and doomed(int(m.group(1)))) or stale:
+            path.unlink(missing_ok=True)
+
+
+# -- coalesced rebuilds ---------------------------------------------------------------------
+def request_build(store: Store, model_key: str) -> bool:
+    """Ask for a rebuild. True if no builder is running: the caller should then start one (e.g.
+    enqueue the task that calls run_coalesced_build); otherwise the running builder will fold
+    this request into one more build."""
+    return store.request_index_build(model_key)
+
+
+@contextmanager
+def _held_lock(store: Store, model_key: str, token: str, ttl_s: float):
+    stop = threading.Event()
+
+    def keep_alive():
+        while not stop.wait(ttl_s / 3):
+            if not store.refresh_index_lock(model_key, token, ttl_s):
+                logger.warning("index %s: build lock lost (expired); publishing stays safe", model_key)
+                return
+
+    thread = threading.Thread(target=keep_alive, name="index-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        store.release_index_lock(model_key, token)
+
+
+def run_coalesced_build(store: Store, model_key: str, index_dir, *, n_trees: int = N_TREES,
+                        n_jobs: int = -1, lock_ttl_s: float = LOCK_TTL_S) -> list[dict]:
+    """Build while a build is requested, one builder at a time. Returns the builds made here
+    (none if another process holds the lock: it will see the request)."""
+    builds = []
+    while True:
+        token = uuid.uuid4().hex
+        if not store.acquire_index_lock(model_key, token, lock_ttl_s):
+            return builds
+        with _held_lock(store, model_key, token, lock_ttl_s):
+            while store.take_index_build_request(model_key):
+                try:
+                    builds.append(build_index(store, model_key, index_dir, n_trees, n_jobs))
+                except BaseException:
+                    store.request_index_build(model_key)  # taken but not served: put it back
+                    raise
+        # A request made between our last check and the release saw the lock still held and
+        # counted on us: look once more now that the lock is free.
+        if not store.index_build_requested(model_key):
+            return builds
+
+
+# -- searching ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedIndex:
+    version: int = 0
+    max_seq: int = 0
+    count: int = 0
+    dim: int = 0
+    n_trees: int = N_TREES
+    built_at: float | None = None
+    ann: AnnoyIndex | None = None
+    ids: list[str] = field(default_factory=list)
+
+
+def load_index(index_dir, info: dict) -> LoadedIndex:
+    """mmap a published index after checking it against its Redis record."""
+    path = Path(index_dir) / Path(info["path"]).name
+    count, dim = info["count"], info["dim"]
+    try:
+        size = path.stat().st_size
+        ids = path.with_suffix(".ids").read_text().split()
+    except OSError as e:
+        raise IndexLoadError(f"index v{info['version']}: {e}") from e
+    if size != info["size"] or size % _node_bytes(dim) or size < count * _node_bytes(dim):
+        raise IndexLoadError(f"index file {path} is {size} bytes, expected {info['size']} for {count} "
+                             f"items of dim {dim}: truncated or corrupt, not loaded")
+    if len(ids) != count:
+        raise IndexLoadError(f"{path.with_suffix('.ids')} lists {len(ids)} ids, expected {count}")
+    ann = AnnoyIndex(dim, "angular")
+    try:
+        ann.load(str(path))  # mmap: pages are shared between processes and read on demand
+    except OSError as e:
+        raise IndexLoadError(f"Annoy refused {path}: {e}") from e
+    if ann.get_n_items() != count:
+        ann.unload()
+        raise IndexLoadError(f"{path} holds {ann.get_n_items()} items, expected {count}: corrupt, not loaded")
+    return LoadedIndex(info["version"], info["max_seq"], count, dim, info.get("n_trees", N_TREES),
+                       info.get("built_at"), ann, ids)
+
+
+@dataclass(frozen=True)
+class _View:
+    """Everything one query needs, swapped as a whole so in-flight queries keep a coherent one."""
+    index: LoadedIndex
+    seq: int  # the log has been read up to here
+    fresh_ids: list[str]  # items written after index.max_seq, in seq order (may grow past n)
+    fresh_seqs: np.ndarray
+    fresh_vecs: np.ndarray  # rows [0, n) are valid; the buffer has spare capacity
+    n: int
+    deleted: frozenset[str]  # deleted after index.max_seq: maybe still in the Annoy file
+
+
+class Searcher:
+    """A long-lived, thread-safe reader of one model key's index (one per gateway process)."""
+
+    def __init__(self, store: Store, model_key: str, index_dir, search_k_factor: int = SEARCH_K_FACTOR):
+        self.store, self.model_key, self.index_dir = store, model_key, Path(index_dir)
+        self.search_k_factor = search_k_factor
+        self.last_error: str | None = None
+        self._refused: set[int] = set()  # versions that failed to load; not retried
+        self._lock = threading.Lock()
+        self._view = _View(LoadedIndex(), 0, [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 0,
+                           frozenset())
+
+    def search(self, vector, k: int = 10) -> list[tuple[str, float]]:
+        """[(image_id, cosine similarity)], best first, at most k."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        q = np.asarray(vector, dtype=np.float32).ravel()
+        norm = np.linalg.norm(q)
+        if not norm or not np.isfinite(norm):
+            raise ValueError("the query vector must be non-zero and finite")
+        view = self._refresh()
+        return self._search(view, q / norm, k)
+
+    def search_by_id(self, image_id: str, k: int = 10) -> list[tuple[str, float]]:
+        """Neighbours of a stored image; the image itself is included (normally first)."""
+        _, matrix = self.store.get_vectors(self.model_key, [image_id])
+        if not len(matrix):
+            raise KeyError(image_id)
+        return self.search(matrix[0], k)
+
+    def status(self) -> dict:
+        view = self._refresh()
+        return {"version": view.index.version, "count": view.index.count, "built_at": view.index.built_at,
+                "fresh": view.n, "deleted_pending": len(view.deleted), "error": self.last_error}
+
+    def _search(self, view: _View, q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        idx = view.index
+        for dim in (idx.dim if idx.count else 0, view.fresh_vecs.shape[1] if view.n else 0):
+            if dim and dim != q.size:
+                raise ValueError(f"query has {q.size} dimensions, the index {dim}")
+        fetch = k + len(view.deleted)  # deleted ids are dropped after the fact: over-fetch
+        best: dict[str, float] = {}
+        if idx.count:
+            n = min(fetch, idx.count)
+            items, dists = idx.ann.get_nns_by_vector(
+                q, n, search_k=idx.n_trees * max(n, 10) * self.search_k_factor, include_distances=True)
+            for i, d in zip(items, dists):
+                best[idx.ids[i]] = 1.0 - d * d / 2.0  # angular distance is sqrt(2 - 2 cos)
+        if view.n:
+            scores = view.fresh_vecs[:view.n] @ q
+            top = np.argpartition(-scores, fetch - 1)[:fetch] if view.n > fetch else range(view.n)
+            for j in top:
+                iid, s = view.fresh_ids[j], float(scores[j])
+                best[iid] = max(s, best.get(iid, -2.0))
+        hits = [(i, min(1.0, max(-1.0, s))) for i, s in best.items() if i not in view.deleted]
+        hits.sort(key=lambda h: h[1], reverse=True)
+        return hits[:k]
+
+    def _refresh(self) -> _View:
+        version, seq = self.store.poll(self.model_key)
+        view = self._view
+        if seq <= view.seq and (version <= view.index.version or version in self._refused):
+            return view
+        with self._lock:  # one thread refreshes; the others keep serving the current view
+            view = self._view
+            index = view.index
+            if version > index.version and version not in self._refused:
+                index = self._load_newest(index)
+            if seq > view.seq or index is not view.index:
+                self._view = self._advance(view, index, max(seq, index.max_seq))
+            return self._view
+
+    def _load_newest(self, current: LoadedIndex) -> LoadedIndex:
+        info = self.store.get_index_info(self.model_key)
+        try:
+            loaded = load_index(self.index_dir, info)
+        except IndexLoadError as e:
+            self._refused.add(info["version"])
+            self.last_error = str(e)
+            logger.error("index %s: keeping v%d: %s", self.model_key, current.version, e)
+            return current
+        self.last_error = None
+        logger.info("index %s: now serving v%d (%d items)", self.model_key, loaded.version, loaded.count)
+        return loaded
+
+    def _advance(self, view: _View, index: LoadedIndex, seq: int) -> _View:
+        ids, seqs, vecs, n = view.fresh_ids, view.fresh_seqs, view.fresh_vecs, view.n
+        if index is not view.index:  # the new file holds everything up to its max_seq: drop that
+            keep = int(np.searchsorted(seqs[:n], index.max_seq, side="right"))
+            ids, seqs, vecs, n = ids[keep:n], seqs[keep:n].copy(), vecs[keep:n].copy(), n - keep
+        new = self.store.added_since(self.model_key, max(view.seq, index.max_seq), seq)
+        for start in range(0, len(new), 1000):
+            chunk = dict(new[start:start + 1000])
+            found, matrix = self.store.get_vectors(self.model_key, list(chunk))  # deleted: gone
+            if not found:
+                continue
+            matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+            if len(ids) != n or n + len(found) > len(seqs) or vecs.shape[1] != matrix.shape[1]:
+                # Grow by doubling. Rows below n are never written again, so views that other
+                # threads still hold stay valid while we append to a shared buffer.
+                cap = max(2 * (n + len(found)), 64)
+                ids, seqs = ids[:n], np.resize(seqs[:n], cap)
+                vecs = np.concatenate([vecs[:n].reshape(n, -1) if n else matrix[:0],
+                                       np.empty((cap - n, matrix.shape[1]), np.float32)])
+            ids.extend(found)
+            seqs[n:n + len(found)] = [chunk[i] for i in found]
+            vecs[n:n + len(found)] = matrix
+            n += len(found)
+        deleted = frozenset(self.store.deleted_since(index.max_seq))
+        return _View(index, seq, ids, seqs, vecs, n, deleted)
+
+
+def find_near_duplicate(searcher: Searcher, vector, threshold: float,
+                        exclude: str | None = None) -> tuple[str, float] | None:
+    """The most similar indexed image if its cosine similarity reaches threshold (`exclude`: the
+    image's own id, when its vector is already stored)."""
+    for iid, score in searcher.search(vector, k=2):
+        if iid != exclude:
+            return (iid, score) if score >= threshold else None
+    return None

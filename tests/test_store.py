@@ -1,0 +1,216 @@
+"""Store against the real Redis (db 15, a unique prefix per test, only that prefix cleaned up)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from uuid import uuid4
+
+import numpy as np
+import pytest
+import redis
+
+from services.config import Settings
+from services.store import Store, image_id
+
+REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+MODEL = "effnet_lite0:1"
+
+
+@pytest.fixture
+def store():
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"test:{uuid4().hex}:"
+    yield Store(client, prefix)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def unit(rng, n, d=8):
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_image_id_is_sha256_hex():
+    assert image_id(b"abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_from_settings_and_decode_responses_refused():
+    store = Store.from_settings(Settings(redis_url=REDIS_URL, redis_prefix="x:"))
+    assert store.prefix == "x:" and store.redis.ping()
+    store.redis.close()
+    with pytest.raises(ValueError, match="decode_responses"):
+        Store(redis.Redis.from_url(REDIS_URL, decode_responses=True), "x:")
+
+
+def test_create_image_is_idempotent_and_typed(store):
+    assert store.create_image("a", source="upload", label="cat", width=300, height=200,
+                              format="JPEG", size_bytes=1234)
+    before = store.get_image("a")
+    assert not store.create_image("a", label="dog", width=1)
+    assert store.get_image("a") == before
+    assert before["label"] == "cat" and before["width"] == 300 and before["size_bytes"] == 1234
+    assert before["status"] == "pending" and isinstance(before["created_at"], float)
+    assert before["near_duplicate_of"] is None and before["model"] is None
+    assert store.get_image("missing") is None
+
+
+def test_concurrent_creates_make_one_image(store):
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(store.create_image("same", label=str(i))))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+
+
+def test_update_image(store):
+    store.create_image("a", error="x")
+    assert store.update_image("a", status="failed", near_duplicate_of="b", error=None)
+    img = store.get_image("a")
+    assert (img["status"], img["near_duplicate_of"], img["error"]) == ("failed", "b", None)
+    with pytest.raises(KeyError):
+        store.update_image("nope", label="x")
+    with pytest.raises(ValueError):
+        store.update_image("a", status="deleted")
+    store.delete_image("a")
+    assert not store.update_image("a", status="failed")  # a racing worker does not undelete
+    assert store.get_image("a")["status"] == "deleted"
+
+
+def test_vector_write_is_atomic_and_not_duplicated(store):
+    rng = np.random.default_rng(0)
+    v = unit(rng, 1)[0]
+    store.create_image("a")
+    assert store.put_vector(MODEL, "a", v)
+    seq = store.current_seq()
+    assert not store.put_vector(MODEL, "a", v + 1)  # second write: nothing changes
+    assert store.current_seq() == seq
+    assert store.added_since(MODEL, 0) == [("a", seq)]
+    ids, m = store.get_vectors(MODEL, ["a", "missing"])
+    assert ids == ["a"] and np.array_equal(m[0], v) and m.dtype == np.float32
+    img = store.get_image("a")
+    assert img["status"] == "indexed" and img["model"] == MODEL
+    assert store.get_vectors("other:1", ["a"])[0] == []  # models never mix
+    with pytest.raises(KeyError):
+        store.put_vector(MODEL, "unknown", v)
+    with pytest.raises(ValueError):
+        store.put_vector(MODEL, "a", [np.nan, 1.0])
+
+
+def test_iter_vectors_reads_everything_once_in_chunks(store):
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 2500)
+    ids = [f"i{n}" for n in range(len(vecs))]
+    pipe = store.redis.pipeline(transaction=False)
+    for i in ids:
+        pipe.hset(store.key("image", i), "status", "pending")
+    pipe.execute()
+    assert all(store.put_vectors(MODEL, ids, vecs))
+    got = {}
+    for chunk_ids, matrix in store.iter_vectors(MODEL, batch=500):
+        assert matrix.shape == (len(chunk_ids), 8)
+        got.update(zip(chunk_ids, matrix))
+    assert len(got) == 2500 and store.count_vectors(MODEL) == 2500
+    assert np.array_equal(got["i42"], vecs[42])
+    assert list(store.iter_vectors("empty:1")) == []
+
+
+def test_delete(store):
+    v = unit(np.random.default_rng(2), 1)[0]
+    assert not store.delete_image("unknown")
+    store.create_image("a")
+    store.put_vector(MODEL, "a", v)
+    store.put_vector("alexnet:1", "a", np.ones(4))
+    seq = store.current_seq()
+    assert store.delete_image("a")
+    assert store.get_image("a")["status"] == "deleted"
+    assert store.deleted_since(0) == {"a"} and store.deleted_since(seq + 1) == set()
+    assert store.current_seq() == seq + 1  # searchers notice through the one counter
+    for model in (MODEL, "alexnet:1"):
+        assert store.get_vectors(model, ["a"])[0] == [] and store.added_since(model, 0) == []
+    assert not store.put_vector(MODEL, "a", v)  # a late worker cannot bring it back
+    assert store.delete_image("a")  # deleting twice is fine
+    assert store.deleted_among(["a", "b"]) == [True, False]
+
+
+def test_deleted_image_ingested_again_starts_over(store):
+    store.create_image("a", label="old")
+    store.delete_image("a")
+    assert store.create_image("a", label="new")
+    img = store.get_image("a")
+    assert img["status"] == "pending" and img["label"] == "new"
+    assert store.deleted_since(0) == set()
+    assert store.put_vector(MODEL, "a", np.ones(8))
+
+
+def test_job_progress_counts_retried_items_once(store):
+    assert store.create_job("j", 3, "directory", source="/photos")
+    assert not store.create_job("j", 5, "urls")
+    job = store.get_job("j")
+    assert job["state"] == "queued" and job["total"] == 3 and job["finished_at"] is None
+    assert job["kind"] == "directory" and job["source"] == "/photos"
+    assert store.job_progress("j", "a.jpg", done=1)
+    assert store.get_job("j")["state"] == "running"
+    assert not store.job_progress("j", "a.jpg", done=1)  # redelivered task
+    assert store.job_progress("j", "b.jpg", done=1, duplicates=1)
+    assert store.job_progress("j", "c.jpg", failed=1, error="cannot identify image file")
+    assert not store.job_progress("j", "c.jpg", failed=1, error="again")
+    job = store.get_job("j")
+    assert (job["state"], job["done"], job["failed"], job["duplicates"]) == ("done", 2, 1, 1)
+    assert job["errors"] == [{"item": "c.jpg", "error": "cannot identify image file"}]
+    assert job["finished_at"] >= job["created_at"]
+    assert 0 < store.redis.ttl(store.key("job", "j")) <= 7 * 86400
+    assert store.get_job("missing") is None
+    with pytest.raises(KeyError):
+        store.job_progress("missing", "x", done=1)
+
+
+def test_job_errors_are_capped(store):
+    store.create_job("j", 10, "urls")
+    for n in range(10):
+        store.job_progress("j", f"u{n}", failed=1, error="404", max_errors=3)
+    job = store.get_job("j")
+    assert job["failed"] == 10 and len(job["errors"]) == 3 and job["state"] == "done"
+
+
+def test_job_total_known_later_empty_and_failed(store):
+    store.create_job("j", None, "archive")
+    assert store.get_job("j")["total"] is None
+    store.job_progress("j", "x", done=1)
+    assert store.get_job("j")["state"] == "running"  # total unknown: never done early
+    store.start_job("j", total=1)
+    assert store.get_job("j")["state"] == "done"
+    store.create_job("empty", 0, "directory")
+    assert store.get_job("empty")["state"] == "done"
+    store.create_job("bad", None, "archive")
+    store.fail_job("bad", "not a zip or tar archive")
+    job = store.get_job("bad")
+    assert job["state"] == "failed" and job["errors"] == [{"item": None, "error": "not a zip or tar archive"}]
+
+
+def test_index_pointer_only_moves_forward(store):
+    assert store.get_index_info(MODEL) is None
+    info = {"version": 2, "path": "x.ann", "count": 3, "dim": 8, "size": 100, "built_at": time.time(),
+            "max_seq": 7, "n_trees": 32}
+    assert store.publish_index(MODEL, info)
+    assert not store.publish_index(MODEL, info | {"version": 1})
+    assert store.get_index_info(MODEL) == info
+    assert store.poll(MODEL) == (2, 0)
+    assert store.reserve_index_version(MODEL) < store.reserve_index_version(MODEL)
+
+
+def test_build_requests_and_lock(store):
+    assert store.request_index_build(MODEL)  # nobody builds: the caller should
+    assert store.acquire_index_lock(MODEL, "t1", 5)
+    assert not store.acquire_index_lock(MODEL, "t2", 5)
+    assert not store.request_index_build(MODEL)  # the running builder will pick it up
+    assert store.take_index_build_request(MODEL) and not store.take_index_build_request(MODEL)
+    assert not store.refresh_index_lock(MODEL, "t2", 5) and store.refresh_index_lock(MODEL, "t1", 5)
+    assert not store.release_index_lock(MODEL, "t2") and store.release_index_lock(MODEL, "t1")
+    assert store.acquire_index_lock(MODEL, "t2", 5)

@@ -1,0 +1,128 @@
+"""Indexing for real: Redis, Celery worker processes, the model server; a worker killed mid-job."""
+from __future__ import annotations
+
+import io
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from services import transforms
+from services.images import load_for_model
+from services.index import Searcher
+from services.store import Store, image_id
+from services.tfs_client import ModelClient
+from tests.conftest import imagenet_label
+from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
+from worker.celery_app import make_celery
+from worker.jobs import submit_job
+
+
+@pytest.fixture
+def env(tmp_path, model_server):
+    """Settings, store and Celery app of one isolated deployment; workers are started by each test."""
+    def make(**overrides):
+        settings = isolated_settings(tmp_path, model_server, **overrides)
+        made.append(settings)
+        return settings, Store.from_settings(settings), make_celery(settings)
+    made, workers = [], []
+    yield make, workers
+    for w in workers:
+        w.stop()
+    for settings in made:
+        drop_keys(settings)
+
+
+def class_tree(photos, root):
+    """Caltech-256 layout: root/<class>/<image>."""
+    for p in photos:
+        folder = root / f"class_{imagenet_label(p):03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    return root
+
+
+COPY_EDITS = ["crop70", "mirror", "rotate10", "watermark", "jpeg20"]
+
+
+def test_directory_job_indexes_a_class_tree_and_copies_find_their_original(env, photos, tmp_path, model_server):
+    make, workers = env
+    settings, store, app = make()
+    workers.append(WorkerProcess(settings, tmp_path, concurrency=3))
+    workers[0].wait_ready()
+    tree = class_tree(photos, tmp_path / "photos")
+    (tmp_path / "photos" / "class_243" / "notes.jpg").write_text("not an image")  # fails alone
+
+    job_id = submit_job(app, store, {"kind": "directory", "directory": str(tree)})
+    job = wait_for_job(store, job_id, workers=workers)
+    assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 21, 20, 1)
+    assert "notes.jpg" in job["errors"][0]["item"] and job["errors"][0]["error"]
+
+    model_key = "effnet_lite0:1"
+    info = wait_for_index(store, model_key, 20)
+    assert info["count"] == 20
+    record = store.get_image(image_id(photos[0].read_bytes()))
+    assert record["status"] == "indexed" and record["label"] == f"class_{imagenet_label(photos[0]):03d}"
+    assert (record["width"], record["height"]) == Image.open(photos[0]).size
+    assert (settings.data_dir / "thumbnails").exists()
+
+    client = ModelClient(model_server, "effnet_lite0", version=1)
+    searcher = Searcher(store, model_key, settings.index_dir)
+    misses = []
+    for p in photos:
+        original = Image.open(p).convert("RGB")
+        for edit in COPY_EDITS:
+            query = transforms.to_jpeg_bytes(transforms.TRANSFORMS[edit](original))
+            vector = client.embed(load_for_model(query, 224)[None])[0]
+            best, score = searcher.search(vector, k=1)[0]
+            if best != image_id(p.read_bytes()):
+                misses.append((p.name, edit, score))
+    client.close()
+    assert not misses, f"copies not found at rank 1: {misses}"
+
+    # the same tree again: every image is a duplicate, nothing is indexed twice
+    again = wait_for_job(store, submit_job(app, store, {"kind": "directory", "directory": str(tree)}),
+                         workers=workers)
+    assert (again["done"], again["duplicates"], again["failed"]) == (20, 20, 1)
+    assert store.count_vectors(model_key) == 20
+
+
+def variants(photos, root):
+    """Three distinct files (different bytes) per photo."""
+    root.mkdir()
+    paths = []
+    for p in photos:
+        im = Image.open(p).convert("RGB")
+        for i, factor in enumerate((1.0, 1.15, 0.85)):
+            out = root / f"{p.stem}_v{i}.jpg"
+            ImageEnhance.Brightness(im).enhance(factor).save(out, quality=90)
+            paths.append(out)
+    return paths
+
+
+def test_killing_a_worker_mid_job_loses_nothing_and_indexes_once(env, photos, tmp_path):
+    make, workers = env
+    settings, store, app = make(task_visibility_timeout_s=6, ingest_chunk=3)
+    victim = WorkerProcess(settings, tmp_path, queues="ingest", concurrency=2, name="victim")
+    victim.wait_ready()
+    paths = variants(photos, tmp_path / "many")
+    job_id = submit_job(app, store, {"kind": "directory", "directory": str(tmp_path / "many")})
+    deadline = time.monotonic() + 120
+    while (store.get_job(job_id) or {}).get("done", 0) < 6:
+        assert time.monotonic() < deadline, victim.log()[-3000:]
+        time.sleep(0.05)
+    victim.kill()
+    assert store.get_job(job_id)["state"] == "running"
+    workers.append(WorkerProcess(settings, tmp_path, concurrency=2, name="survivor"))
+    workers[0].wait_ready()
+
+    job = wait_for_job(store, job_id, timeout_s=180, workers=workers)
+    assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 60, 60, 0), job
+    model_key = "effnet_lite0:1"
+    ids = {image_id(p.read_bytes()) for p in paths}
+    assert len(ids) == 60 and store.count_vectors(model_key) == 60
+    assert store.redis.zcard(store.key("added", model_key)) == 60  # each vector written once
+    assert all(store.get_image(i)["status"] == "indexed" for i in ids)
+    wait_for_index(store, model_key, 60)

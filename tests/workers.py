@@ -1,0 +1,110 @@
+"""Test helpers that run the real thing: an isolated Redis namespace and Celery worker processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import fields, replace
+from pathlib import Path
+
+import redis
+
+from services.config import PREFIX, Settings
+from tests.conftest import ROOT
+
+TEST_REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def isolated_settings(tmp_path: Path, model_server: str, **overrides) -> Settings:
+    """Settings with a Redis key prefix of their own and a fresh data directory."""
+    base = Settings(redis_url=TEST_REDIS_URL, redis_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+                    model_server=model_server, data_dir=tmp_path / "data", allowed_roots=(tmp_path.resolve(),),
+                    allow_private_urls=True)
+    return replace(base, **overrides)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = os.pathsep.join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[PREFIX + f.name.upper()] = str(value)
+    return env
+
+
+def drop_keys(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(match=settings.redis_prefix + "*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i:i + 500])
+    client.close()
+
+
+class WorkerProcess:
+    """`vsearch worker` in a subprocess, with its log in a file."""
+
+    def __init__(self, settings: Settings, log_dir: Path, queues: str = "ingest,index", concurrency: int = 2,
+                 name: str | None = None):
+        self.name = name or f"w{uuid.uuid4().hex[:6]}"
+        self.log_path = log_dir / f"{self.name}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "worker", "-Q", queues, "-c", str(concurrency),
+             "-n", f"{self.name}@%h"],
+            cwd=ROOT, env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_for_job(store, job_id: str, timeout_s: float = 180, workers=()) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = store.get_job(job_id)
+        if job and job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    logs = "\n".join(w.log()[-3000:] for w in workers)
+    raise TimeoutError(f"job {job_id} not finished: {store.get_job(job_id)}\n{logs}")
+
+
+def wait_for_index(store, model_key: str, count: int, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = store.get_index_info(model_key)
+        if info and info["count"] >= count:
+            return info
+        time.sleep(0.2)
+    raise TimeoutError(f"index of {model_key} never reached {count}: {store.get_index_info(model_key)}")

@@ -1,0 +1,29 @@
+"""Submitting jobs: what the gateway and the CLI call. The work itself happens in worker.tasks."""
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+
+from services.store import Store
+
+KINDS = ("items", "urls", "directory", "archive")
+
+
+def submit_job(app: Celery, store: Store, spec: dict, total: int | None = None) -> str:
+    """Records a queued job and enqueues the task that lists and dispatches its items."""
+    if spec.get("kind") not in KINDS:
+        raise ValueError(f"job kind must be one of {KINDS}")
+    job_id = uuid.uuid4().hex
+    store.create_job(job_id, total, spec["kind"])
+    app.send_task("worker.tasks.start_job", args=[job_id, spec])
+    return job_id
+
+
+def request_rebuild(app: Celery, store: Store, model_key: str) -> bool:
+    """Asks for an index build; False when one is running (it will fold this request in)."""
+    from services.index import request_build
+    if request_build(store, model_key):
+        app.send_task("worker.tasks.build_index", args=[model_key])
+        return True
+    return False

@@ -1,0 +1,120 @@
+"""Celery tasks: thin wrappers over `worker.ingest` and `services.index`.
+
+Tasks get ids, paths and URLs, never image bytes. Everything is idempotent, so tasks are acked
+late and retried with backoff on what can heal (model server or Redis unavailable); bad input
+fails its item at once and is reported in the job.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import redis
+from celery import shared_task
+from celery.signals import worker_process_init
+from celery.utils.log import get_task_logger
+
+from services import sources
+from services.index import request_build, run_coalesced_build
+from services.tfs_client import ModelServerError, ModelServerUnavailable
+from worker import context
+from worker.celery_app import INDEX_QUEUE
+from worker.ingest import Item, ingest_chunk
+
+logger = get_task_logger(__name__)
+TRANSIENT = (ModelServerUnavailable, redis.ConnectionError, redis.TimeoutError, ConnectionError)
+# Fresh items are searchable at once by exact search; past this many, fold them into Annoy.
+REBUILD_AFTER_PENDING = 2000
+
+
+@worker_process_init.connect
+def _fresh_resources(**_):
+    context.reset()
+
+
+@shared_task(bind=True, name="worker.tasks.ingest", acks_late=True, autoretry_for=TRANSIENT,
+             retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=10)
+def ingest(self, job_id: str, items: list[dict]) -> dict:
+    ctx = context.get_context()
+    try:
+        result = ingest_chunk(ctx, job_id, [Item(**i) for i in items])
+    except ModelServerUnavailable:
+        raise  # retried with backoff
+    except ModelServerError as exc:  # a model that refuses this input will refuse it again
+        for item in items:
+            ctx.store.job_progress(job_id, item["key"], failed=1, error=str(exc))
+        result = {"embedded": 0, "near_duplicates": 0}
+    _maybe_rebuild(ctx, job_id)
+    return result
+
+
+def _maybe_rebuild(ctx, job_id: str) -> None:
+    job = ctx.store.get_job(job_id)
+    finished = job is not None and job["state"] in ("done", "failed")
+    if finished or ctx.store.pending_count(ctx.model_key) >= REBUILD_AFTER_PENDING:
+        enqueue_build(ctx.store, ctx.model_key)
+
+
+def enqueue_build(store, model_key: str) -> None:
+    if request_build(store, model_key):
+        build_index.apply_async(args=[model_key], queue=INDEX_QUEUE)
+
+
+@shared_task(name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,
+             retry_backoff=2, max_retries=10)
+def build_index(model_key: str) -> list[dict]:
+    ctx = context.get_context()
+    builds = run_coalesced_build(ctx.store, model_key, ctx.settings.index_dir)
+    for info in builds:
+        logger.info("index %s version %s published: %s vectors", model_key, info.get("version"), info.get("count"))
+    return builds
+
+
+@shared_task(name="worker.tasks.start_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2,
+             max_retries=10)
+def start_job(job_id: str, spec: dict) -> int:
+    """Lists the job's items, records the total and enqueues them in chunks; returns the total."""
+    ctx = context.get_context()
+    try:
+        items, skipped = _list_items(ctx, job_id, spec)
+    except sources.SourceError as exc:
+        ctx.store.fail_job(job_id, exc.message)
+        return 0
+    ctx.store.start_job(job_id, total=len(items) + len(skipped))
+    for key, error in skipped:
+        ctx.store.job_progress(job_id, key, failed=1, error=error)
+    chunk = ctx.settings.ingest_chunk
+    for i in range(0, len(items), chunk):
+        ingest.delay(job_id, [item.to_json() for item in items[i:i + chunk]])
+    if not items:
+        _maybe_rebuild(ctx, job_id)
+    return len(items)
+
+
+def _list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str, str]]]:
+    kind, s = spec["kind"], ctx.settings
+    if kind == "items":  # uploads already saved by the gateway
+        return [Item(**i) for i in spec["items"]], []
+    if kind == "urls":
+        return [Item(key=url, source=url, url=url, label=spec.get("label")) for url in spec["urls"]], []
+    if kind == "directory":
+        found = sources.iter_directory(spec["directory"], s.allowed_roots)
+        return [Item(key=str(f.path), source=str(f.path), path=str(f.path), label=f.label) for f in found], []
+    if kind == "archive":
+        return _extract(ctx, job_id, Path(spec["path"]), spec.get("name") or Path(spec["path"]).name)
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def _extract(ctx, job_id: str, archive: Path, name: str):
+    s = ctx.settings
+    dest = ctx.settings.data_dir / "incoming" / f"job-{job_id}"
+    if dest.exists():  # a redelivered start: extract again from scratch
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    result = sources.extract_archive(archive, dest, max_members=s.max_archive_members,
+                                     max_total_bytes=s.max_archive_mb * 1024 * 1024)
+    items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label)
+             for m in result.items]
+    skipped = [(f"{name}:{member}", error) for member, error in result.skipped]
+    return items, skipped
