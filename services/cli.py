@@ -39,16 +39,13 @@ def main(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing version.")
 def export_model_cmd(model, weights, out, version, layer, overwrite):
     """Write a SavedModel to <out>/<model>/<version>/ for TF Serving."""
+    from model_export.errors import ModelExportError
     from model_export.export import export_model
     out = out or _settings().model_base
     try:
         path = export_model(model=model, out=out, version=version, weights=weights, layer=layer, overwrite=overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (ModelExportError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        if type(exc).__name__ == "ModelExportError":
-            raise click.ClickException(str(exc)) from None
-        raise
     click.echo(f"exported {model} version {version} to {path}")
 
 

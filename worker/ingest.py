@@ -1,6 +1,6 @@
 """Turning a chunk of items into searchable vectors: read, validate, resize, embed, store.
 
-Plain functions over a `WorkerContext`, so they run the same in a Celery task and in a test. A
+Plain functions over a `Context`, so they run the same in a Celery task and in a test. A
 chunk holds up to one model batch (`Settings.ingest_chunk`): its images go to the model server in
 one Predict call, and several chunks in flight on a worker keep decoding and inference overlapped.
 
@@ -19,7 +19,7 @@ from services import files, images
 from services.index import find_near_duplicate
 from services.sources import SourceError, fetch_url
 from services.store import image_id
-from worker.context import WorkerContext
+from services.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class _Ready:
     array: np.ndarray
 
 
-def read_bytes(ctx: WorkerContext, item: Item) -> bytes:
+def read_bytes(ctx: Context, item: Item) -> bytes:
     if item.url:
         s = ctx.settings
         return fetch_url(item.url, max_bytes=s.max_upload_mb * 1024 * 1024, timeout_s=s.url_timeout_s,
@@ -52,7 +52,7 @@ def read_bytes(ctx: WorkerContext, item: Item) -> bytes:
     return Path(item.path).read_bytes()
 
 
-def _prepare(ctx: WorkerContext, job_id: str, item: Item, size: int) -> _Ready | None:
+def _prepare(ctx: Context, job_id: str, item: Item, size: int) -> _Ready | None:
     """Everything before the model; None when the item is finished here (failed or duplicate)."""
     store, data_dir = ctx.store, ctx.settings.data_dir
     try:
@@ -74,7 +74,7 @@ def _prepare(ctx: WorkerContext, job_id: str, item: Item, size: int) -> _Ready |
     return _Ready(item, iid, images.prepare(image, size))
 
 
-def ingest_chunk(ctx: WorkerContext, job_id: str, items: list[Item]) -> dict:
+def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
     """Index `items`; returns counts. Model-server errors propagate (the task retries them)."""
     info = ctx.model.info()
     ready: dict[str, _Ready] = {}
@@ -96,7 +96,7 @@ def ingest_chunk(ctx: WorkerContext, job_id: str, items: list[Item]) -> dict:
     return {"embedded": len(ready), "near_duplicates": near}
 
 
-def _remove_incoming(ctx: WorkerContext, items: list[Item]) -> None:
+def _remove_incoming(ctx: Context, items: list[Item]) -> None:
     """Uploads and extracted archive members wait in incoming/ until their chunk is done."""
     incoming = files.incoming_dir(ctx.settings.data_dir).resolve()
     for item in items:
@@ -104,7 +104,7 @@ def _remove_incoming(ctx: WorkerContext, items: list[Item]) -> None:
             Path(item.path).unlink(missing_ok=True)
 
 
-def _store_vectors(ctx: WorkerContext, job_id: str, ready: list[_Ready], vectors: np.ndarray,
+def _store_vectors(ctx: Context, job_id: str, ready: list[_Ready], vectors: np.ndarray,
                    model_key: str) -> int:
     store, threshold = ctx.store, ctx.settings.near_duplicate_threshold
     # Near-duplicates: against what is already searchable, and within this chunk.

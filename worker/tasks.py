@@ -18,7 +18,7 @@ from celery.utils.log import get_task_logger
 from services import sources
 from services.index import request_build, run_coalesced_build
 from services.tfs_client import ModelServerError, ModelServerUnavailable
-from worker import context
+from services import context
 from worker.celery_app import INDEX_QUEUE
 from worker.ingest import Item, ingest_chunk
 

@@ -1,0 +1,100 @@
+"""Search by upload, URL or stored image id; the index's state; rebuild requests."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, url_for
+
+from gateway import resources
+from gateway.auth import require_token
+from gateway.errors import ApiError
+from gateway.inputs import image_error, json_body, parse_k, source_error, uploaded_files
+from gateway.metrics import SEARCH_SECONDS
+from services.images import ImageError, load_for_model
+from services.sources import SourceError, fetch_url
+from services.tfs_client import ModelServerError, ModelServerUnavailable
+from worker.jobs import request_rebuild
+
+bp = Blueprint("search", __name__, url_prefix="/api/v1")
+
+
+def model_call(fn, *args):
+    """Runs a model-server call, turning its failures into 503/502 answers."""
+    try:
+        return fn(*args)
+    except ModelServerUnavailable as exc:
+        raise ApiError(503, "model_unavailable", f"the model server is not available, try again shortly ({exc})",
+                       {"Retry-After": "5"}) from None
+    except ModelServerError as exc:
+        raise ApiError(502, "model_error", str(exc)) from None
+
+
+def embed_bytes(res, data: bytes):
+    size = model_call(res.model.info).input_size[0]
+    try:
+        pixels = load_for_model(data, size, res.settings.max_image_pixels)
+    except ImageError as exc:
+        raise image_error(exc) from None
+    return model_call(res.model.embed, pixels[None])[0]
+
+
+def query_vector(res, body: dict):
+    files = uploaded_files()
+    if files:
+        return embed_bytes(res, files[0][1]), "upload"
+    if "image_id" in body:
+        image_id = body["image_id"]
+        found, vectors = res.store.get_vectors(res.model_key, [str(image_id)])
+        if not found:
+            raise ApiError(404, "not_found", f"no indexed image {image_id!r}")
+        return vectors[0], "image_id"
+    if "url" in body:
+        if not isinstance(body["url"], str):
+            raise ApiError(400, "bad_url", "url must be a string")
+        s = res.settings
+        try:
+            data = fetch_url(body["url"], max_bytes=s.max_upload_mb * 1024 * 1024, timeout_s=s.url_timeout_s,
+                             allow_private=s.allow_private_urls).content
+        except SourceError as exc:
+            raise source_error(exc) from None
+        return embed_bytes(res, data), "url"
+    raise ApiError(400, "no_query", "send a multipart 'file', or JSON with 'url' or 'image_id'")
+
+
+def describe(store, hits: list[tuple[str, float]]) -> list[dict]:
+    records = store.get_images([image_id for image_id, _ in hits])
+    return [{"id": image_id, "score": round(score, 6), "label": (record or {}).get("label"),
+             "source": (record or {}).get("source"),
+             "near_duplicate_of": (record or {}).get("near_duplicate_of"),
+             "thumbnail_url": url_for("images.thumbnail", image_id=image_id)}
+            for (image_id, score), record in zip(hits, records)]
+
+
+@bp.post("/search")
+def search():
+    started = time.perf_counter()
+    body = json_body()
+    k = parse_k(body)
+    res = resources.get()
+    vector, kind = query_vector(res, body)
+    hits = res.searcher.search(vector, k)
+    took = time.perf_counter() - started
+    SEARCH_SECONDS.labels(kind).observe(took)
+    return {"results": describe(res.store, hits), "took_ms": round(took * 1000, 2),
+            "index_version": res.searcher.status()["version"]}
+
+
+@bp.get("/index")
+def index_state():
+    res = resources.get()
+    status = res.searcher.status()
+    return {"count": status["count"], "version": status["version"], "built_at": status["built_at"],
+            "pending": res.store.pending_count(res.model_key), "model": res.model_key, "error": status["error"]}
+
+
+@bp.post("/index/rebuild")
+@require_token
+def rebuild():
+    res = resources.get()
+    started = request_rebuild(res.celery, res.store, res.model_key)
+    return {"requested": True, "started": started}, 202
