@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import redis
 from annoy import AnnoyIndex
 
 from services.store import Store
@@ -136,9 +137,14 @@ def _held_lock(store: Store, model_key: str, token: str, ttl_s: float):
 
     def keep_alive():
         while not stop.wait(ttl_s / 3):
-            if not store.refresh_index_lock(model_key, token, ttl_s):
-                logger.warning("index %s: build lock lost (expired); publishing stays safe", model_key)
-                return
+            try:
+                if not store.refresh_index_lock(model_key, token, ttl_s):
+                    # Another builder may start; versioned names and the monotonic publish
+                    # keep that safe, it only wastes work.
+                    logger.warning("index %s: build lock expired during the build", model_key)
+                    return
+            except redis.RedisError as e:
+                logger.warning("index %s: could not refresh the build lock: %s", model_key, e)
 
     thread = threading.Thread(target=keep_alive, name="index-lock", daemon=True)
     thread.start()
@@ -173,7 +179,7 @@ def run_coalesced_build(store: Store, model_key: str, index_dir, *, n_trees: int
 
 
 # -- searching ------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedIndex:
     version: int = 0
     max_seq: int = 0
@@ -211,7 +217,7 @@ def load_index(index_dir, info: dict) -> LoadedIndex:
                        info.get("built_at"), ann, ids)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _View:
     """Everything one query needs, swapped as a whole so in-flight queries keep a coherent one."""
     index: LoadedIndex
@@ -253,6 +259,11 @@ class Searcher:
             raise KeyError(image_id)
         return self.search(matrix[0], k)
 
+    @property
+    def version(self) -> int:
+        """The version the last search used (no Redis call): the API's `index_version`."""
+        return self._view.index.version
+
     def status(self) -> dict:
         view = self._refresh()
         return {"version": view.index.version, "count": view.index.count, "built_at": view.index.built_at,
@@ -266,9 +277,9 @@ class Searcher:
         fetch = k + len(view.deleted)  # deleted ids are dropped after the fact: over-fetch
         best: dict[str, float] = {}
         if idx.count:
-            n = min(fetch, idx.count)
-            items, dists = idx.ann.get_nns_by_vector(
-                q, n, search_k=idx.n_trees * max(n, 10) * self.search_k_factor, include_distances=True)
+            search_k = idx.n_trees * max(k, 10) * self.search_k_factor + fetch
+            items, dists = idx.ann.get_nns_by_vector(q, min(fetch, idx.count), search_k=search_k,
+                                                     include_distances=True)
             for i, d in zip(items, dists):
                 best[idx.ids[i]] = 1.0 - d * d / 2.0  # angular distance is sqrt(2 - 2 cos)
         if view.n:
@@ -297,6 +308,8 @@ class Searcher:
 
     def _load_newest(self, current: LoadedIndex) -> LoadedIndex:
         info = self.store.get_index_info(self.model_key)
+        if info is None:
+            return current
         try:
             loaded = load_index(self.index_dir, info)
         except IndexLoadError as e:
@@ -325,7 +338,7 @@ class Searcher:
                 # threads still hold stay valid while we append to a shared buffer.
                 cap = max(2 * (n + len(found)), 64)
                 ids, seqs = ids[:n], np.resize(seqs[:n], cap)
-                vecs = np.concatenate([vecs[:n].reshape(n, -1) if n else matrix[:0],
+                vecs = np.concatenate([vecs[:n] if n else matrix[:0],
                                        np.empty((cap - n, matrix.shape[1]), np.float32)])
             ids.extend(found)
             seqs[n:n + len(found)] = [chunk[i] for i in found]

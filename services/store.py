@@ -8,6 +8,7 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
     p:deleted                 zset    deleted image id scored by seq
     p:seq                     string  one counter for vector writes and deletions (see below)
     p:models                  set     model keys that have vectors
+    p:jobs                    zset    job ids by creation time, newest MAX_LISTED_JOBS kept
     p:job:<id>                hash    job state and counters
     p:job:<id>:errors         list    JSON {"item", "error"}, the first MAX_JOB_ERRORS kept
     p:job:<id>:seen           set     item keys already counted, so a retried item counts once
@@ -37,6 +38,7 @@ IMAGE_FIELDS = ("source", "label", "width", "height", "format", "size_bytes", "c
 STATUSES = ("pending", "indexed", "failed", "deleted")
 _TYPES = {"width": int, "height": int, "size_bytes": int, "created_at": float}
 MAX_JOB_ERRORS = 1000
+MAX_LISTED_JOBS = 10_000
 JOB_TTL_S = 7 * 86400  # finished jobs, their errors and seen-sets expire after a week
 _INDEX_TYPES = {"version": int, "count": int, "dim": int, "size": int, "max_seq": int,
                 "n_trees": int, "built_at": float}
@@ -162,14 +164,20 @@ def _decode(raw: dict, types: dict) -> dict:
     return out
 
 
+def _job(raw: dict) -> dict:
+    ints = dict.fromkeys(("total", "done", "failed", "duplicates", "near_duplicates"), int)
+    job = {"finished_at": None} | _decode(raw, ints | {"created_at": float, "finished_at": float})
+    return job | {"total": None if job["total"] < 0 else job["total"]}
+
+
 def _pairs(fields: dict) -> list:
     return [x for k, v in fields.items() for x in (k, v)]
 
 
 def _to_blob(vector) -> bytes:
     v = np.asarray(vector, dtype="<f4")
-    if v.ndim != 1 or not v.size or not np.isfinite(v).all():
-        raise ValueError(f"a vector must be 1-d, non-empty and finite, got shape {v.shape}")
+    if v.ndim != 1 or not v.any() or not np.isfinite(v).all():
+        raise ValueError(f"a vector must be 1-d, non-zero and finite (shape {v.shape})")
     return v.tobytes()
 
 
@@ -214,15 +222,23 @@ class Store:
         return bool(self._create_image(keys=[self.key("image", image_id), self.key("deleted")], args=args))
 
     def get_image(self, image_id: str) -> dict | None:
-        raw = self.redis.hgetall(self.key("image", image_id))
-        if not raw:
-            return None
-        return {"id": image_id} | dict.fromkeys(IMAGE_FIELDS) | _decode(raw, _TYPES)
+        return self.get_images([image_id])[0]
+
+    def get_images(self, image_ids: Iterable[str]) -> list[dict | None]:
+        """Records in the order asked (None where unknown), in one round trip."""
+        image_ids = list(image_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for iid in image_ids:
+            pipe.hgetall(self.key("image", iid))
+        return [{"id": iid} | dict.fromkeys(IMAGE_FIELDS) | _decode(raw, _TYPES) if raw else None
+                for iid, raw in zip(image_ids, pipe.execute())]
 
     def update_image(self, image_id: str, **fields) -> bool:
         """Set fields (None removes one). False if the image is deleted; KeyError if unknown."""
         if fields.get("status") == "deleted":
             raise ValueError("use delete_image() to delete an image")
+        if fields.get("status", "pending") not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
         sets = {k: v for k, v in fields.items() if v is not None}
         dels = [k for k, v in fields.items() if v is None]
         args = [len(sets), *_pairs(sets), *dels]
@@ -318,8 +334,12 @@ class Store:
             "job_id": job_id, "kind": kind, "state": "queued", "total": -1 if total is None else total,
             "done": 0, "failed": 0, "duplicates": 0, "near_duplicates": 0, "created_at": time.time()}
         created = bool(self._create_hash(keys=[self.key("job", job_id)], args=_pairs(fields)))
-        if created and total == 0:
-            self.start_job(job_id)
+        if created:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(self.key("jobs"), {job_id: fields["created_at"]})
+            pipe.zremrangebyrank(self.key("jobs"), 0, -MAX_LISTED_JOBS - 1).execute()
+            if total == 0:
+                self.start_job(job_id)
         return created
 
     def start_job(self, job_id: str, total: int | None = None) -> None:
@@ -350,13 +370,19 @@ class Store:
         job, _, errors = self._job_keys(job_id)
         pipe = self.redis.pipeline(transaction=False)
         raw, errs = pipe.hgetall(job).lrange(errors, 0, -1).execute()
-        if not raw:
-            return None
-        ints = dict.fromkeys(("total", "done", "failed", "duplicates", "near_duplicates"), int)
-        out = {"finished_at": None} | _decode(raw, ints | {"created_at": float, "finished_at": float})
-        if out["total"] < 0:
-            out["total"] = None
-        return out | {"errors": [json.loads(e) for e in errs]}
+        return _job(raw) | {"errors": [json.loads(e) for e in errs]} if raw else None
+
+    def recent_jobs(self, limit: int = 20) -> list[dict]:
+        """Newest first, as get_job but without the errors list."""
+        job_ids = [j.decode() for j in self.redis.zrevrange(self.key("jobs"), 0, limit - 1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.key("job", job_id))
+        raws = pipe.execute()
+        expired = [j for j, raw in zip(job_ids, raws) if not raw]
+        if expired:
+            self.redis.zrem(self.key("jobs"), *expired)
+        return [_job(raw) for raw in raws if raw]
 
     # -- the published index and its builder ----------------------------------------------
     def get_index_info(self, model_key: str) -> dict | None:

@@ -284,3 +284,4 @@ def test_concurrent_searches_while_versions_swap(store, tmp_path):
         t.join()
     assert not errors
     assert searcher.status()["version"] == 5 and searcher.status()["count"] == 380
+    assert searcher.version == 5

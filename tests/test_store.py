@@ -56,6 +56,7 @@ def test_create_image_is_idempotent_and_typed(store):
     assert before["status"] == "pending" and isinstance(before["created_at"], float)
     assert before["near_duplicate_of"] is None and before["model"] is None
     assert store.get_image("missing") is None
+    assert store.get_images(["missing", "a"]) == [None, before]
 
 
 def test_concurrent_creates_make_one_image(store):
@@ -99,8 +100,9 @@ def test_vector_write_is_atomic_and_not_duplicated(store):
     assert store.get_vectors("other:1", ["a"])[0] == []  # models never mix
     with pytest.raises(KeyError):
         store.put_vector(MODEL, "unknown", v)
-    with pytest.raises(ValueError):
-        store.put_vector(MODEL, "a", [np.nan, 1.0])
+    for bad in ([np.nan, 1.0], [0.0, 0.0], [[1.0]]):
+        with pytest.raises(ValueError):
+            store.put_vector(MODEL, "a", bad)
 
 
 def test_iter_vectors_reads_everything_once_in_chunks(store):
@@ -214,3 +216,12 @@ def test_build_requests_and_lock(store):
     assert not store.refresh_index_lock(MODEL, "t2", 5) and store.refresh_index_lock(MODEL, "t1", 5)
     assert not store.release_index_lock(MODEL, "t2") and store.release_index_lock(MODEL, "t1")
     assert store.acquire_index_lock(MODEL, "t2", 5)
+
+
+def test_recent_jobs_newest_first_and_expired_dropped(store):
+    for n in range(3):
+        store.create_job(f"j{n}", 1, "urls")
+    store.redis.delete(store.key("job", "j1"))  # as if its TTL ran out
+    assert [j["job_id"] for j in store.recent_jobs(10)] == ["j2", "j0"]
+    assert "errors" not in store.recent_jobs(1)[0] and store.recent_jobs(1)[0]["state"] == "queued"
+    assert store.redis.zcard(store.key("jobs")) == 2

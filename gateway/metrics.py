@@ -1,0 +1,47 @@
+"""Prometheus metrics of the gateway at /metrics: request latency by route, search and index figures."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry()
+_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+REQUEST_SECONDS = Histogram("vsearch_http_request_seconds", "HTTP request latency", ["route", "method", "status"],
+                            registry=REGISTRY, buckets=_BUCKETS)
+SEARCH_SECONDS = Histogram("vsearch_search_seconds", "Search latency by query kind", ["kind"],
+                           registry=REGISTRY, buckets=_BUCKETS)
+INDEX_ITEMS = Gauge("vsearch_index_items", "Vectors in the published Annoy index", registry=REGISTRY)
+INDEX_VERSION = Gauge("vsearch_index_version", "Version of the index this process serves", registry=REGISTRY)
+INDEX_FRESH = Gauge("vsearch_index_fresh_items", "Vectors searched exactly, not yet in Annoy", registry=REGISTRY)
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics():
+    from gateway import resources
+    try:
+        status = resources.get().searcher.status()
+        INDEX_ITEMS.set(status["count"])
+        INDEX_VERSION.set(status["version"])
+        INDEX_FRESH.set(status["fresh"])
+    except Exception:  # metrics must answer even when Redis or the model server does not
+        pass
+    return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _clock():
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(
+            time.perf_counter() - g.get("metrics_started", time.perf_counter()))
+        return response

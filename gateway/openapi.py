@@ -1,0 +1,111 @@
+"""The OpenAPI description of /api/v1, served at /api/v1/openapi.json (tests check it against the routes)."""
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+
+
+def _json(schema: dict, description: str = "ok") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _op(summary: str, responses: dict, *, body: dict | None = None, params: list | None = None,
+        auth: bool = False) -> dict:
+    op = {"summary": summary, "responses": {**responses, "4XX": _ERROR, "5XX": _ERROR}}
+    if body:
+        op["requestBody"] = {"required": True, "content": body}
+    if params:
+        op["parameters"] = params
+    if auth:
+        op["security"] = [{"bearer": []}, {}]
+    return op
+
+
+_MULTIPART_FILES = {"type": "object", "properties": {
+    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+    "label": {"type": "string", "maxLength": 200}}, "required": ["file"]}
+_SEARCH_JSON = {"type": "object", "properties": {
+    "url": {"type": "string"}, "image_id": {"type": "string"},
+    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}}}
+_URLS = {"type": "object", "properties": {
+    "url": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "label": {"type": "string", "maxLength": 200}}}
+
+SPEC = {
+    "openapi": "3.0.3",
+    "info": {"title": "vsearch", "version": "1", "description": "Visual search: index images, find look-alikes."},
+    "servers": [{"url": "/"}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "Job": {"type": "object", "required": ["job_id", "state", "total", "done", "failed", "errors"],
+                    "properties": {"job_id": {"type": "string"},
+                                   "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+                                   "total": {"type": "integer", "nullable": True}, "done": {"type": "integer"},
+                                   "failed": {"type": "integer"}, "duplicates": {"type": "integer"},
+                                   "near_duplicates": {"type": "integer"},
+                                   "errors": {"type": "array", "items": {"type": "object"}},
+                                   "created_at": {"type": "number"},
+                                   "finished_at": {"type": "number", "nullable": True}}},
+            "SearchResults": {"type": "object", "required": ["results", "took_ms", "index_version"], "properties": {
+                "results": {"type": "array", "items": {"type": "object", "required": ["id", "score"], "properties": {
+                    "id": {"type": "string"}, "score": {"type": "number"},
+                    "label": {"type": "string", "nullable": True}, "source": {"type": "string", "nullable": True},
+                    "thumbnail_url": {"type": "string"}}}},
+                "took_ms": {"type": "number"}, "index_version": {"type": "integer"}}},
+            "Accepted": {"type": "object", "required": ["job_id"], "properties": {
+                "job_id": {"type": "string"}, "images": {"type": "array", "items": {"type": "object"}}}},
+        },
+    },
+    "paths": {
+        "/api/v1/images": {"post": _op("Add images (uploads or URLs)", {"202": _json(_ref("Accepted"))}, auth=True,
+                                       body={"multipart/form-data": {"schema": _MULTIPART_FILES},
+                                             "application/json": {"schema": _URLS}})},
+        "/api/v1/images/{image_id}": {
+            "get": _op("Image metadata", {"200": _json({"type": "object"})}, params=[_ID]),
+            "delete": _op("Delete an image", {"204": {"description": "deleted"}}, params=[_ID], auth=True)},
+        "/api/v1/images/{image_id}/thumbnail": {"get": _op(
+            "Thumbnail (JPEG)", {"200": {"description": "image", "content": {"image/jpeg": {}}}}, params=[_ID])},
+        "/api/v1/images/{image_id}/content": {"get": _op(
+            "Original bytes", {"200": {"description": "image", "content": {"image/*": {}}}}, params=[_ID])},
+        "/api/v1/jobs": {
+            "post": _op("Bulk indexing job", {"202": _json(_ref("Accepted"))}, auth=True, body={
+                "application/json": {"schema": {"type": "object", "properties": {
+                    "directory": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}}}}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "archive": {"type": "string", "format": "binary"}}, "required": ["archive"]}}}),
+            "get": _op("Recent jobs", {"200": _json({"type": "object"})},
+                       params=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}])},
+        "/api/v1/jobs/{job_id}": {"get": _op("Job progress", {"200": _json(_ref("Job"))},
+                                             params=[{"name": "job_id", "in": "path", "required": True,
+                                                      "schema": {"type": "string"}}])},
+        "/api/v1/search": {"post": _op("Search by upload, URL or image id", {"200": _json(_ref("SearchResults"))}, body={
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary"}, "k": {"type": "integer", "minimum": 1,
+                                                                       "maximum": 100}}, "required": ["file"]}},
+            "application/json": {"schema": _SEARCH_JSON}})},
+        "/api/v1/index": {"get": _op("Index state", {"200": _json({"type": "object", "properties": {
+            "count": {"type": "integer"}, "version": {"type": "integer"}, "built_at": {"type": "number", "nullable": True},
+            "pending": {"type": "integer"}}})})},
+        "/api/v1/index/rebuild": {"post": _op("Request an index build", {"202": _json({"type": "object"})}, auth=True)},
+        "/api/v1/healthz": {"get": _op("Liveness", {"200": _json({"type": "object"})})},
+        "/api/v1/readyz": {"get": _op("Readiness", {"200": _json({"type": "object"}), "503": _json({"type": "object"})})},
+        "/api/v1/openapi.json": {"get": _op("This description", {"200": _json({"type": "object"})})},
+    },
+}
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    return SPEC
