@@ -34,7 +34,7 @@ def create_job():
         if not isinstance(directory, str) or not directory:
             raise ApiError(400, "bad_directory", "directory must be a path")
         try:
-            sources.check_directory(directory, res.settings.allowed_roots)
+            sources.iter_directory(directory, res.settings.allowed_roots)  # checks now, lists later
         except sources.SourceError as exc:
             raise ApiError(403 if exc.code == "not_allowed" else 400, exc.code, exc.message) from None
         return {"job_id": submit_job(res.celery, res.store, {"kind": "directory", "directory": directory})}, 202

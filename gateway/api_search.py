@@ -81,7 +81,7 @@ def search():
     took = time.perf_counter() - started
     SEARCH_SECONDS.labels(kind).observe(took)
     return {"results": describe(res.store, hits), "took_ms": round(took * 1000, 2),
-            "index_version": res.searcher.status()["version"]}
+            "index_version": res.searcher.version}
 
 
 @bp.get("/index")

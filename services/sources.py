@@ -13,6 +13,8 @@ have their credentials removed.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import http.client
 import ipaddress
@@ -156,7 +158,6 @@ def _parse_url(url: str) -> _Target:
         raise SourceError("bad_url", f"not a valid URL: {_redact(url)}")
     auth = None
     if split.username is not None:  # allowed, sent as basic auth to this hop only, never echoed
-        import base64
         raw = f"{split.username}:{split.password or ''}".encode()
         auth = "Basic " + base64.b64encode(raw).decode("ascii")
     return _Target(scheme, host, port or (443 if scheme == "https" else 80),
@@ -213,7 +214,7 @@ def _get(target: _Target, addresses: list[str], deadline: float, max_bytes: int,
             raise TimeoutError
         return result
     except TimeoutError:
-        raise SourceError("timeout", f"no complete answer within the time limit") from None
+        raise SourceError("timeout", "no complete answer within the time limit") from None
     except (OSError, http.client.HTTPException) as exc:
         raise SourceError("connection_error", f"request failed: {type(exc).__name__}: {exc}") from None
     finally:
@@ -277,7 +278,8 @@ class _Watchdog:
         self._timer.cancel()
 
 
-def _read_response(resp: http.client.HTTPResponse, max_bytes: int):
+def _read_response(resp: http.client.HTTPResponse, max_bytes: int
+                   ) -> tuple[int, str | None, bytes, str | None]:
     if resp.status in _REDIRECTS:
         return resp.status, resp.getheader("Location"), b"", None
     if not 200 <= resp.status < 300:
@@ -378,19 +380,22 @@ def extract_archive(archive_path: str | os.PathLike, dest_dir: str | os.PathLike
     skipped: list[ArchiveSkip] = []
     total = 0
     try:
-        for count, member in enumerate(_members(Path(archive_path)), 1):
-            if count > max_members:
-                raise SourceError("too_many_members", f"more than {max_members} members")
-            if member.kind == "dir":
-                continue
-            try:
-                parts = _vet(member, max_member_bytes)
-                path = dest / f"{len(extracted):06d}{Path(parts[-1]).suffix.lower()}"
-                total += _copy(member, path, max_member_bytes, max_total_bytes - total)
-            except _MemberError as exc:
-                skipped.append(ArchiveSkip(member.name, exc.message))
-                continue
-            extracted.append((parts, path, member.name))
+        with contextlib.closing(_members(Path(archive_path))) as members:
+            for count, member in enumerate(members, 1):
+                if count > max_members:  # folders count too: they cost a header each
+                    raise SourceError("too_many_members", f"more than {max_members} members")
+                if member.kind == "dir":
+                    continue
+                try:
+                    parts = _vet(member, max_member_bytes)
+                    if member.size > max_total_bytes - total:
+                        raise SourceError("too_large", "the archive expands beyond the total size limit")
+                    path = dest / f"{len(extracted):06d}{Path(parts[-1]).suffix.lower()}"
+                    total += _copy(member, path, max_member_bytes, max_total_bytes - total)
+                except _MemberError as exc:
+                    skipped.append(ArchiveSkip(member.name, exc.message))
+                    continue
+                extracted.append((parts, path, member.name))
     except BaseException:
         for _, path, _ in extracted:
             path.unlink(missing_ok=True)
@@ -436,8 +441,10 @@ def _tar_kind(info: tarfile.TarInfo) -> str:
 
 def _vet(member: _Member, max_member_bytes: int) -> tuple[str, ...]:
     """The member's path parts, or a _MemberError saying why it is skipped."""
+    if member.kind == "link":
+        raise _MemberError("unsafe_member", "links are not extracted")
     if member.kind != "file":
-        raise _MemberError("unsafe_member", f"{member.kind} members are not extracted")
+        raise _MemberError("unsafe_member", "devices and fifos are not extracted")
     parts = _safe_parts(member.name)
     suffix = Path(parts[-1]).suffix.lower()
     if suffix in ARCHIVE_EXTENSIONS:
@@ -463,8 +470,9 @@ def _copy(member: _Member, path: Path, member_limit: int, total_left: int) -> in
     """Copy, counting real bytes (declared sizes can lie); returns the size written."""
     limit = min(member_limit, total_left)
     written = 0
+    out = open(path, "xb")  # "x": never writes through an existing file or link
     try:
-        with member.open() as src, open(path, "xb") as out:  # "x": never through an existing link
+        with out, _open_member(member) as src:
             while chunk := _read(src):
                 written += len(chunk)
                 if written > limit:
@@ -479,6 +487,13 @@ def _copy(member: _Member, path: Path, member_limit: int, total_left: int) -> in
             raise SourceError("too_large", "the archive expands beyond the total size limit")
         raise _MemberError("too_large", f"expands beyond the limit of {member_limit} bytes")
     return written
+
+
+def _open_member(member: _Member) -> BinaryIO:
+    try:
+        return member.open()
+    except _ARCHIVE_ERRORS as exc:  # encrypted, unknown compression, bad local header
+        raise _MemberError("bad_member", f"unreadable member ({exc})") from None
 
 
 def _read(src: BinaryIO) -> bytes:

@@ -35,6 +35,11 @@ def env(tmp_path, model_server):
         drop_keys(settings)
 
 
+def open_rgb(path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def class_tree(photos, root):
     """Caltech-256 layout: root/<class>/<image>."""
     for p in photos:
@@ -65,14 +70,14 @@ def test_directory_job_indexes_a_class_tree_and_copies_find_their_original(env, 
     assert info["count"] == 20
     record = store.get_image(image_id(photos[0].read_bytes()))
     assert record["status"] == "indexed" and record["label"] == f"class_{imagenet_label(photos[0]):03d}"
-    assert (record["width"], record["height"]) == Image.open(photos[0]).size
+    assert (record["width"], record["height"]) == open_rgb(photos[0]).size
     assert (settings.data_dir / "thumbnails").exists()
 
     client = ModelClient(model_server, "effnet_lite0", version=1)
     searcher = Searcher(store, model_key, settings.index_dir)
     misses = []
     for p in photos:
-        original = Image.open(p).convert("RGB")
+        original = open_rgb(p)
         for edit in COPY_EDITS:
             query = transforms.to_jpeg_bytes(transforms.TRANSFORMS[edit](original))
             vector = client.embed(load_for_model(query, 224)[None])[0]
@@ -94,7 +99,7 @@ def variants(photos, root):
     root.mkdir()
     paths = []
     for p in photos:
-        im = Image.open(p).convert("RGB")
+        im = open_rgb(p)
         for i, factor in enumerate((1.0, 1.15, 0.85)):
             out = root / f"{p.stem}_v{i}.jpg"
             ImageEnhance.Brightness(im).enhance(factor).save(out, quality=90)
