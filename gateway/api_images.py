@@ -13,7 +13,7 @@ from gateway.inputs import json_body, optional_label, uploaded_files, url_list
 from services import files
 from services.images import ALLOWED_FORMATS, sniff_format
 from services.store import image_id as hash_id
-from worker.jobs import submit_job
+from worker.jobs import request_rebuild, submit_job
 
 bp = Blueprint("images", __name__, url_prefix="/api/v1/images")
 _ID = re.compile(r"[0-9a-f]{64}")
@@ -98,7 +98,10 @@ def content(image_id: str):
 @require_token
 def delete_image(image_id: str):
     res = resources.get()
-    if not res.store.delete_image(checked_id(image_id)):
+    record = res.store.get_image(checked_id(image_id))
+    if record is None or record["status"] == "deleted" or not res.store.delete_image(image_id):
         raise ApiError(404, "not_found", f"no image {image_id}")
     files.remove_image_files(res.settings.data_dir, image_id)
+    # Filtered from results at once; the next build drops it from the Annoy file.
+    request_rebuild(res.celery, res.store, res.model_key)
     return "", 204

@@ -31,7 +31,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import certifi
 
@@ -153,22 +153,25 @@ def _parse_url(url: str) -> _Target:
         raise SourceError("bad_url", f"not a valid URL: {_redact(url)}") from None
     if scheme not in ("http", "https"):
         raise SourceError("bad_url", "only http and https URLs can be fetched")
-    path = split.path or "/"
-    if not host or re.search(r"[\x00-\x20\x7f]", path + split.query):
+    # Non-ASCII is percent-encoded as browsers do; spaces and control characters are refused.
+    path = _quote_non_ascii(split.path or "/")
+    path += f"?{_quote_non_ascii(split.query)}" if split.query else ""
+    if not host or re.search(r"[\x00-\x20\x7f]", path):
         raise SourceError("bad_url", f"not a valid URL: {_redact(url)}")
     auth = None
     if split.username is not None:  # allowed, sent as basic auth to this hop only, never echoed
         raw = f"{split.username}:{split.password or ''}".encode()
         auth = "Basic " + base64.b64encode(raw).decode("ascii")
-    return _Target(scheme, host, port or (443 if scheme == "https" else 80),
-                   path + (f"?{split.query}" if split.query else ""), auth)
+    return _Target(scheme, host, port or (443 if scheme == "https" else 80), path, auth)
+
+
+def _quote_non_ascii(text: str) -> str:
+    return re.sub(r"[^\x00-\x7f]+", lambda match: quote(match.group()), text)
 
 
 def _redact(url: str) -> str:
-    split = urlsplit(url)
-    if "@" not in split.netloc:
-        return url
-    return urlunsplit(split._replace(netloc=split.netloc.rpartition("@")[2]))
+    """The URL without `user:password@` (a regex: it must work on URLs urlsplit rejects)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@", r"\1//", url.strip())
 
 
 def _resolve(host: str, port: int, check: Callable | None, url: str) -> list[str]:
@@ -201,16 +204,15 @@ def _get(target: _Target, addresses: list[str], deadline: float, max_bytes: int,
         headers["Authorization"] = target.auth
     try:
         conn.connect()
-        with _Watchdog(conn.sock, deadline - time.monotonic()) as dog:
+        with _shutdown_at_deadline(conn.sock, deadline - time.monotonic()) as expired:
             try:
                 conn.request("GET", target.path, headers=headers)
                 with conn.getresponse() as resp:
                     result = _read_response(resp, max_bytes)
             except (OSError, http.client.HTTPException):
-                if dog.fired:
-                    raise TimeoutError from None
-                raise
-        if dog.fired:  # a body cut at the deadline can look like a clean end of stream
+                if not expired.is_set():
+                    raise
+        if expired.is_set():  # cut off: the error above, or a body that merely looks complete
             raise TimeoutError
         return result
     except TimeoutError:
@@ -249,33 +251,28 @@ def _connect(addresses: list[str], port: int, timeout: float) -> socket.socket:
     raise error or OSError("no address")
 
 
-class _Watchdog:
-    """Shuts the socket down at the deadline.
+@contextlib.contextmanager
+def _shutdown_at_deadline(sock: socket.socket, seconds: float) -> Iterator[threading.Event]:
+    """Shuts the socket down when `seconds` have passed; the event says whether it did.
 
-    Socket timeouts bound each read, not their sum: a server sending a byte every few seconds would
+    Socket timeouts bound each read, not their sum: a server sending a byte every second would
     never trip them. Shutting the socket down from a timer thread wakes the blocked read at once.
-    The TCP connect is bounded by its own timeout; a TLS handshake only per read (residual risk).
+    (The TCP connect has its own timeout; a TLS handshake is bounded per read only.)
     """
+    expired = threading.Event()
 
-    def __init__(self, sock: socket.socket, seconds: float):
-        self.fired = False
-        self._sock = sock
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
+    def expire() -> None:
+        expired.set()
+        with contextlib.suppress(OSError):  # plain-socket method: SSLSocket's drops its TLS state
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
-    def _fire(self) -> None:
-        self.fired = True
-        try:  # the plain-socket method: SSLSocket.shutdown would also drop its TLS state
-            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
-
-    def __enter__(self) -> "_Watchdog":
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._timer.cancel()
+    timer = threading.Timer(max(seconds, 0.0), expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield expired
+    finally:
+        timer.cancel()
 
 
 def _read_response(resp: http.client.HTTPResponse, max_bytes: int
@@ -312,6 +309,8 @@ def iter_directory(directory: str | os.PathLike, allowed_roots: Iterable[str | o
         raise SourceError("not_allowed", f"{directory} is not inside an allowed root")
     if not base.is_dir():
         raise SourceError("not_found", f"{directory} is not a directory")
+    if not os.access(base, os.R_OK | os.X_OK):
+        raise SourceError("not_allowed", f"{directory} cannot be read by the worker")
     return _walk(base, roots)
 
 
@@ -421,7 +420,7 @@ def _members(path: Path) -> Iterator[_Member]:
                     yield _Member(info.name, _tar_kind(info), info.size,
                                   functools.partial(tf.extractfile, info))
     except _ARCHIVE_ERRORS as exc:  # raised by the readers, not by the loop body in our caller
-        raise SourceError("bad_archive", f"not a readable zip or tar archive ({exc})") from None
+        raise SourceError("bad_archive", f"corrupt, truncated or not a zip or tar archive ({exc})") from None
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:

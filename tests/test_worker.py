@@ -120,6 +120,8 @@ def test_killing_a_worker_mid_job_loses_nothing_and_indexes_once(env, photos, tm
         time.sleep(0.05)
     victim.kill()
     assert store.get_job(job_id)["state"] == "running"
+    # the victim died holding messages it had not acknowledged: they must come back
+    assert store.redis.hlen(settings.redis_prefix + "unacked") > 0
     workers.append(WorkerProcess(settings, tmp_path, concurrency=2, name="survivor"))
     workers[0].wait_ready()
 
