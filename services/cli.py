@@ -91,5 +91,45 @@ def worker_cmd(queues, concurrency, loglevel, celery_args):
                      "--loglevel", loglevel, "--without-gossip", "--without-mingle", *celery_args])
 
 
+@main.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Ingest worker processes.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Tasks at once per worker.")
+def up_cmd(host, port, workers, concurrency):
+    """Run every role on this machine (Redis if needed, model server, workers, index builder, gateway)."""
+    from services.launcher import Launcher
+    launcher = Launcher(_settings(), host, port, workers, concurrency)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        launcher.prepare()
+        launcher.start()
+        click.echo(f"vsearch is up: {launcher.url}/  (Ctrl-C stops everything)")
+        launcher.supervise()
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        launcher.stop()
+
+
+@main.command("demo")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--exit", "exit_after", is_flag=True, help="Stop after the demo search instead of staying up.")
+def demo_cmd(host, port, exit_after):
+    """Start everything, index the bundled sample photos, search with an edited copy of one."""
+    from services.demo import run_demo
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        run_demo(_settings(), host, port, keep_running=not exit_after)
+    except (RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+from services import cli_client  # noqa: E402,F401  (registers the client commands)
+
 if __name__ == "__main__":
-    main()
+    from services.cli import main as registered  # this file runs as __main__; commands live on the module
+    registered()

@@ -21,6 +21,8 @@ class Settings:
     # Redis: broker, result backend and system of record. Keys are namespaced by `redis_prefix`.
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "vsearch:"
+    # Where the gateway answers (used by the CLI's client commands).
+    gateway_url: str = "http://127.0.0.1:8000"
     # Model server (TF Serving or `vsearch model-server`), gRPC host:port.
     model_server: str = "127.0.0.1:8500"
     model_name: str = "effnet_lite0"
@@ -58,6 +60,11 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, f.type, raw)
         return replace(cls(**values), **overrides)
+
+    def __post_init__(self):
+        # Absolute paths: the gateway serves files and children inherit these (cwd-independent).
+        for name in ("model_base", "data_dir"):
+            object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
 
     @property
     def index_dir(self) -> Path:

@@ -71,6 +71,7 @@ async function search(event) {
   event.preventDefault();
   try {
     const request = queryBody();
+    if (!$("file").files[0]) showQuery($("url").value.trim());
     say("Searching…");
     const data = await call("/search", { method: "POST", ...request });
     say("");
@@ -101,16 +102,27 @@ async function addToIndex() {
   }
 }
 
-function preview() {
-  const file = $("file").files[0];
+function showQuery(src) {
   const box = $("query-preview");
   box.replaceChildren();
-  if (!file) return;
+  if (!src) return;
   const img = document.createElement("img");
-  img.src = URL.createObjectURL(file);
+  img.src = src;
   img.alt = "query";
   box.append(img);
-  $("drop").querySelector("span").textContent = file.name;
+}
+
+function preview() {
+  const file = $("file").files[0];
+  $("drop").querySelector("span").textContent = file ? file.name : dropText;
+  if (file) $("url").value = "";  // one query at a time: the file replaces a pasted URL
+  showQuery(file ? URL.createObjectURL(file) : null);
+}
+
+function urlTyped() {
+  if (!$("url").value.trim() || !$("file").files.length) return;
+  $("file").value = "";  // ...and a pasted URL replaces the chosen file
+  preview();
 }
 
 async function refreshJobs() {
@@ -136,7 +148,9 @@ async function refreshJobs() {
 $("search-form").addEventListener("submit", search);
 $("add-button").addEventListener("click", addToIndex);
 $("file").addEventListener("change", preview);
+$("url").addEventListener("input", urlTyped);
 const drop = $("drop");
+const dropText = drop.querySelector("span").textContent;
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {

@@ -1,0 +1,109 @@
+"""A small HTTP client of the gateway's /api/v1, used by the CLI (`vsearch index/search/jobs`)."""
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import requests
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{message} ({code}, HTTP {status})")
+        self.status, self.code, self.message = status, code, message
+
+
+class GatewayClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 60.0):
+        self.base = base_url.rstrip("/") + "/api/v1"
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = self.session.request(method, self.base + path, timeout=self.timeout_s, **kwargs)
+        except requests.ConnectionError:
+            raise ApiError(0, "unreachable", f"no gateway answers at {self.base}; is `vsearch up` running?") from None
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": "http_error", "message": response.text[:200] or response.reason}
+            raise ApiError(response.status_code, error["code"], error["message"])
+        return response.json() if response.content else {}
+
+    def search_file(self, path: Path, k: int) -> dict:
+        with open(path, "rb") as f:
+            return self._call("POST", "/search", files={"file": (path.name, f)}, data={"k": str(k)})
+
+    def search(self, **query) -> dict:
+        return self._call("POST", "/search", json=query)
+
+    def add_files(self, paths: list[Path], label: str | None = None) -> dict:
+        handles = [open(p, "rb") for p in paths]
+        try:
+            files = [("file", (p.name, h)) for p, h in zip(paths, handles)]
+            return self._call("POST", "/images", files=files, data={"label": label} if label else None)
+        finally:
+            for h in handles:
+                h.close()
+
+    def add_urls(self, urls: list[str]) -> dict:
+        return self._call("POST", "/jobs", json={"urls": urls})
+
+    def add_directory(self, directory: Path) -> dict:
+        return self._call("POST", "/jobs", json={"directory": str(directory.resolve())})
+
+    def upload_directory(self, directory: Path) -> dict:
+        """For a gateway that may not read this directory: send it as a tar archive."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.add(directory, arcname=directory.name)
+        buffer.seek(0)
+        return self._call("POST", "/jobs", files={"archive": (f"{directory.name}.tar", buffer)})
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def jobs(self, limit: int = 20) -> list[dict]:
+        return self._call("GET", "/jobs", params={"limit": limit})["jobs"]
+
+    def index(self) -> dict:
+        return self._call("GET", "/index")
+
+    def thumbnail(self, image_id: str) -> bytes:
+        response = self.session.get(f"{self.base}/images/{image_id}/thumbnail", timeout=self.timeout_s)
+        response.raise_for_status()
+        return response.content
+
+    def wait(self, job_id: str, on_progress: Callable[[dict], None] = lambda job: None,
+             poll_s: float = 0.5, timeout_s: float | None = None) -> dict:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            on_progress(job)
+            if job["state"] in ("done", "failed"):
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout_s}s")
+            time.sleep(poll_s)
+
+
+def split_targets(targets: Iterable[str]) -> tuple[list[str], list[Path], list[Path]]:
+    """URLs, directories and files among command-line arguments."""
+    urls, dirs, files = [], [], []
+    for t in targets:
+        if t.startswith(("http://", "https://")):
+            urls.append(t)
+        elif Path(t).is_dir():
+            dirs.append(Path(t))
+        elif Path(t).is_file():
+            files.append(Path(t))
+        else:
+            raise FileNotFoundError(f"{t}: not a URL, a directory or a file")
+    return urls, dirs, files

@@ -1,0 +1,34 @@
+"""Search without a gateway (`vsearch search --local`): embed through the model server, read the
+index and the records directly, as the gateway does."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from services import files, images
+from services.config import Settings
+from services.context import Context
+from services.sources import fetch_url
+
+
+def search_local(settings: Settings, *, img_file: Path | None = None, img_url: str | None = None,
+                 image_id: str | None = None, k: int = 10) -> dict:
+    started = time.perf_counter()
+    ctx = Context(settings)
+    if image_id:
+        found, vectors = ctx.store.get_vectors(ctx.model_key, [image_id])
+        if not found:
+            raise KeyError(f"no indexed image {image_id}")
+        vector = vectors[0]
+    else:
+        data = img_file.read_bytes() if img_file else fetch_url(
+            img_url, timeout_s=settings.url_timeout_s, allow_private=settings.allow_private_urls).content
+        size = ctx.model.info().input_size[0]
+        vector = ctx.model.embed(images.load_for_model(data, size, settings.max_image_pixels)[None])[0]
+    hits = ctx.searcher.search(vector, k)
+    records = ctx.store.get_images([i for i, _ in hits])
+    results = [{"id": i, "score": s, "label": (r or {}).get("label"), "source": (r or {}).get("source")}
+               for (i, s), r in zip(hits, records)]
+    return {"results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+            "index_version": ctx.searcher.version,
+            "thumbnails": lambda iid: files.thumbnail_path(settings.data_dir, iid).read_bytes()}
