@@ -46,20 +46,21 @@ def open_rgb(path) -> Image.Image:
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(tmp_path, monkeypatch):
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
     # Never let Selenium Manager look for (or download) a driver or browser: both paths are given.
-    os.environ["SE_OFFLINE"] = "true"
+    monkeypatch.setenv("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, read at the end
     log = open(tmp_path / "chromedriver.log", "w")
     service = Service(CHROMEDRIVER, log_output=log)
     try:
@@ -221,9 +222,13 @@ def test_search_page_in_chromium(browser, served, image_server, photos, tmp_path
     assert scores[0] > 0.5 and scores[0] - scores[1] > 0.2, scores  # the copy stands out
     assert driver.find_element("id", "took").text.startswith("10 results in ")
 
+    console = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert not console, console  # no script errors, no failed requests, no DOM warnings
+
     # the whole page, as in the docs
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, height + 20)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
     shot = tmp_path / "web-search.png"
     assert driver.save_screenshot(str(shot))
     if os.environ.get("VSEARCH_UPDATE_SCREENSHOTS") == "1":
