@@ -252,6 +252,15 @@ class Searcher:
         view = self._refresh()
         return self._search(view, q / norm, k)
 
+    def search_many(self, vectors, k: int = 10) -> list[list[tuple[str, float]]]:
+        """search() for each row of a matrix, against one view of the index."""
+        view = self._refresh()
+        out = []
+        for q in np.asarray(vectors, dtype=np.float32):
+            norm = np.linalg.norm(q)
+            out.append(self._search(view, q / norm, k) if norm and np.isfinite(norm) else [])
+        return out
+
     def search_by_id(self, image_id: str, k: int = 10) -> list[tuple[str, float]]:
         """Neighbours of a stored image; the image itself is included (normally first)."""
         _, matrix = self.store.get_vectors(self.model_key, [image_id])

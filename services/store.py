@@ -221,6 +221,16 @@ class Store:
         args = [image_id, *_pairs(fields)]
         return bool(self._create_image(keys=[self.key("image", image_id), self.key("deleted")], args=args))
 
+    def create_images(self, records: list[tuple[str, dict]]) -> list[bool]:
+        """create_image for many (image_id, meta) pairs in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        now = time.time()
+        for image_id, meta in records:
+            fields = {k: v for k, v in ({"status": "pending", "created_at": now} | meta).items() if v is not None}
+            self._create_image(keys=[self.key("image", image_id), self.key("deleted")],
+                               args=[image_id, *_pairs(fields)], client=pipe)
+        return [bool(r) for r in pipe.execute()]
+
     def get_image(self, image_id: str) -> dict | None:
         return self.get_images([image_id])[0]
 
@@ -365,6 +375,21 @@ class Store:
         if result < 0:
             raise KeyError(job_id)
         return bool(result)
+
+    def job_progress_many(self, job_id: str, updates: list[dict]) -> list[bool]:
+        """job_progress for many items (each a dict of its keyword arguments) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        now = time.time()
+        for u in updates:
+            item, error = u.get("item"), u.get("error")
+            err = "" if error is None else json.dumps({"item": item, "error": error})
+            args = [item or "", u.get("done", 0), u.get("failed", 0), u.get("duplicates", 0),
+                    u.get("near_duplicates", 0), err, MAX_JOB_ERRORS, now, JOB_TTL_S]
+            self._job_progress(keys=self._job_keys(job_id), args=args, client=pipe)
+        results = pipe.execute()
+        if any(r < 0 for r in results):
+            raise KeyError(job_id)
+        return [bool(r) for r in results]
 
     def get_job(self, job_id: str) -> dict | None:
         job, _, errors = self._job_keys(job_id)

@@ -190,7 +190,8 @@ def mounts(svc: dict) -> dict[str, Mount]:
             read_only = len(parts) > 2 and "ro" in parts[2].split(",")
             kind = "bind" if source.startswith((".", "/", "~")) else "volume"
         else:
-            source, target, read_only, kind = entry["source"], entry["target"], entry.get("read_only", False), entry["type"]
+            source, target, kind = entry["source"], entry["target"], entry["type"]
+            read_only = entry.get("read_only", False)
         found[target] = Mount(source, target, read_only, kind)
     return found
 
@@ -363,7 +364,8 @@ def test_worker_scales_and_index_builder_is_the_single_index_consumer():
 
 def test_every_vsearch_variable_is_a_setting():
     files = [COMPOSE_FILE, MODEL_SERVER_OVERRIDE, ENV_EXAMPLE, *K8S_DIR.glob("*.yaml"),
-             *(ROOT / "deploy").glob("*.Dockerfile"), EXPORT_ONCE]
+             *(ROOT / "deploy").glob("*.Dockerfile"), EXPORT_ONCE, ROOT / "deploy" / "README.md",
+             ROOT / "docs" / "scaling.md"]
     for path in files:
         unknown = set(VSEARCH_VAR.findall(path.read_text())) - SETTINGS_VARS
         assert not unknown, f"{path.relative_to(ROOT)} names variables no Setting reads: {sorted(unknown)}"
@@ -425,7 +427,8 @@ def test_model_server_override_command_and_options_exist():
     check_vsearch_command(command)
     assert option_value(command, "--port") == str(GRPC_PORT)
     assert mount_for(option_value(command, "--model-base"), mounts(service("tfserving"))).source == "models"
-    assert int(option_value(command, "--max-batch")) >= Settings.from_env(environment(service("worker"))).model_batch_size
+    batch_size = Settings.from_env(environment(service("worker"))).model_batch_size
+    assert int(option_value(command, "--max-batch")) >= batch_size
 
 
 def test_model_export_writes_into_the_models_volume_that_tfserving_reads():
@@ -772,7 +775,8 @@ def test_k8s_workloads_have_resources_probes_and_run_as_non_root():
             assert w["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
         for c in spec.get("initContainers", []) + spec["containers"]:
             res = c["resources"]
-            assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"], f"{name}/{c['name']}"
+            assert res["requests"]["cpu"] and res["requests"]["memory"], f"{name}/{c['name']}"
+            assert res["limits"]["memory"], f"{name}/{c['name']}"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, f"{name}/{c['name']}"
         if w["kind"] == "Job":
             continue
@@ -877,7 +881,8 @@ def test_k8s_workers_autoscale_and_the_index_builder_stays_single():
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     indexer = workload_running(["vsearch", "worker", "-Q", "index"])
     assert indexer["spec"]["replicas"] == 1 and indexer["spec"]["strategy"]["type"] == "Recreate"
-    assert not any(h["spec"]["scaleTargetRef"]["name"] == indexer["metadata"]["name"] for h in k8s("HorizontalPodAutoscaler"))
+    autoscaled = {h["spec"]["scaleTargetRef"]["name"] for h in k8s("HorizontalPodAutoscaler")}
+    assert indexer["metadata"]["name"] not in autoscaled
 
 
 def test_k8s_secret_comes_from_a_secret_object():

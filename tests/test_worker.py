@@ -71,7 +71,7 @@ def test_directory_job_indexes_a_class_tree_and_copies_find_their_original(env, 
     record = store.get_image(image_id(photos[0].read_bytes()))
     assert record["status"] == "indexed" and record["label"] == f"class_{imagenet_label(photos[0]):03d}"
     assert (record["width"], record["height"]) == open_rgb(photos[0]).size
-    assert (settings.data_dir / "thumbnails").exists()
+    assert (settings.data_dir / "originals" / record["id"][:2] / record["id"]).read_bytes() == photos[0].read_bytes()
 
     client = ModelClient(model_server, "effnet_lite0", version=1)
     searcher = Searcher(store, model_key, settings.index_dir)

@@ -1,8 +1,10 @@
 """Turning a chunk of items into searchable vectors: read, validate, resize, embed, store.
 
-Plain functions over a `Context`, so they run the same in a Celery task and in a test. A
-chunk holds up to one model batch (`Settings.ingest_chunk`): its images go to the model server in
-one Predict call, and several chunks in flight on a worker keep decoding and inference overlapped.
+Plain functions over a `Context`, so they run the same in a Celery task and in a test. A chunk
+holds up to one model batch (`Settings.ingest_chunk`): its images go to the model server in one
+Predict call, and several chunks in flight on a worker keep decoding and inference overlapped.
+Redis is written in a few pipelined round trips per chunk, not per image. Thumbnails are made by
+the gateway when first asked for (most images are never shown), which keeps them off this path.
 
 Idempotent: the image id is the SHA-256 of the bytes, files are written by atomic rename, vectors
 and job counters ignore repeats. A chunk interrupted anywhere can simply run again.
@@ -16,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from services import files, images
-from services.index import find_near_duplicate
+from services.context import Context
 from services.sources import SourceError, fetch_url
 from services.store import image_id
-from services.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,11 @@ class Item:
 
 
 @dataclass
-class _Ready:
+class _Decoded:
     item: Item
     image_id: str
     array: np.ndarray
+    meta: dict
 
 
 def read_bytes(ctx: Context, item: Item) -> bytes:
@@ -52,48 +54,73 @@ def read_bytes(ctx: Context, item: Item) -> bytes:
     return Path(item.path).read_bytes()
 
 
-def _prepare(ctx: Context, job_id: str, item: Item, size: int) -> _Ready | None:
-    """Everything before the model; None when the item is finished here (failed or duplicate)."""
-    store, data_dir = ctx.store, ctx.settings.data_dir
+def _decode(ctx: Context, item: Item, size: int) -> _Decoded | dict:
+    """The model input and record of one item, or the job update that reports its failure."""
     try:
         data = read_bytes(ctx, item)
         image = images.decode(data, ctx.settings.max_image_pixels, draft_for=size)
     except (images.ImageError, SourceError, OSError) as exc:
-        message = getattr(exc, "message", None) or str(exc)
-        store.job_progress(job_id, item.key, failed=1, error=message)
-        return None
+        return {"item": item.key, "failed": 1, "error": getattr(exc, "message", None) or str(exc)}
     iid = image_id(data)
-    files.write_atomic(files.original_path(data_dir, iid), data)
-    files.write_atomic(files.thumbnail_path(data_dir, iid), images.thumbnail_jpeg(image))
+    files.write_atomic(files.original_path(ctx.settings.data_dir, iid), data)
     width, height = image.info["original_size"]
-    created = store.create_image(iid, source=item.source, label=item.label, width=width, height=height,
-                                 format=images.sniff_format(data), size_bytes=len(data))
-    if not created and (store.get_image(iid) or {}).get("status") == "indexed":
-        store.job_progress(job_id, item.key, done=1, duplicates=1)
-        return None
-    return _Ready(item, iid, images.prepare(image, size))
+    meta = {"source": item.source, "label": item.label, "width": width, "height": height,
+            "format": images.sniff_format(data), "size_bytes": len(data)}
+    return _Decoded(item, iid, images.prepare(image, size), meta)
 
 
 def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
     """Index `items`; returns counts. Model-server errors propagate (the task retries them)."""
-    info = ctx.model.info()
-    ready: dict[str, _Ready] = {}
+    store, info = ctx.store, ctx.model.info()
+    decoded, updates = [], []
     for item in items:
-        r = _prepare(ctx, job_id, item, info.input_size[0])
-        if r and r.image_id in ready:  # the same bytes twice in one chunk
-            ctx.store.job_progress(job_id, item.key, done=1, duplicates=1)
-        elif r:
-            ready[r.image_id] = r
-    ready = list(ready.values())
+        result = _decode(ctx, item, info.input_size[0])
+        (decoded if isinstance(result, _Decoded) else updates).append(result)
+
+    created = store.create_images([(d.image_id, d.meta) for d in decoded])
+    existing = store.get_images([d.image_id for d, new in zip(decoded, created) if not new])
+    status = {r["id"]: r["status"] for r in existing if r}
+    todo: dict[str, _Decoded] = {}
+    for d in decoded:
+        if status.get(d.image_id) == "indexed" or d.image_id in todo:  # indexed before, or twice here
+            updates.append({"item": d.item.key, "done": 1, "duplicates": 1})
+        else:
+            todo[d.image_id] = d
     near = 0
-    if ready:
-        vectors = ctx.model.embed(np.stack([r.array for r in ready]))
-        near = _store_vectors(ctx, job_id, ready, vectors, info.key)
+    if todo:
+        ready = list(todo.values())
+        vectors = ctx.model.embed(np.stack([d.array for d in ready]))
+        near = _store_vectors(ctx, ready, vectors, info.key, updates)
+    store.job_progress_many(job_id, updates)
     _remove_incoming(ctx, items)
-    job = ctx.store.get_job(job_id)
-    if job and job["state"] == "done":
-        log.info("job %s done: %d indexed, %d failed", job_id, job["done"], job["failed"])
-    return {"embedded": len(ready), "near_duplicates": near}
+    return {"embedded": len(todo), "near_duplicates": near}
+
+
+def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray) -> list[str | None]:
+    """For each new vector, an image it nearly duplicates: among what is searchable, or earlier in
+    this chunk."""
+    threshold = ctx.settings.near_duplicate_threshold
+    found = []
+    for i, hits in enumerate(ctx.searcher.search_many(vectors, k=2)):
+        match = next((h for h, score in hits if h != ready[i].image_id and score >= threshold), None)
+        if match is None and i:
+            scores = vectors[:i] @ vectors[i]
+            j = int(np.argmax(scores))
+            if scores[j] >= threshold:
+                match = ready[j].image_id
+        found.append(match)
+    return found
+
+
+def _store_vectors(ctx: Context, ready: list[_Decoded], vectors: np.ndarray, model_key: str,
+                   updates: list[dict]) -> int:
+    matches = _near_duplicates(ctx, ready, vectors)
+    ctx.store.put_vectors(model_key, [d.image_id for d in ready], vectors)
+    for d, match in zip(ready, matches):
+        if match:
+            ctx.store.update_image(d.image_id, near_duplicate_of=match)
+        updates.append({"item": d.item.key, "done": 1, "near_duplicates": int(match is not None)})
+    return sum(m is not None for m in matches)
 
 
 def _remove_incoming(ctx: Context, items: list[Item]) -> None:
@@ -102,26 +129,3 @@ def _remove_incoming(ctx: Context, items: list[Item]) -> None:
     for item in items:
         if item.path and Path(item.path).resolve().is_relative_to(incoming):
             Path(item.path).unlink(missing_ok=True)
-
-
-def _store_vectors(ctx: Context, job_id: str, ready: list[_Ready], vectors: np.ndarray,
-                   model_key: str) -> int:
-    store, threshold = ctx.store, ctx.settings.near_duplicate_threshold
-    # Near-duplicates: against what is already searchable, and within this chunk.
-    matches = []
-    for i, r in enumerate(ready):
-        match = find_near_duplicate(ctx.searcher, vectors[i], threshold, exclude=r.image_id)
-        if match is None and i:
-            scores = vectors[:i] @ vectors[i]
-            j = int(np.argmax(scores))
-            if scores[j] >= threshold and ready[j].image_id != r.image_id:
-                match = (ready[j].image_id, float(scores[j]))
-        matches.append(match)
-    store.put_vectors(model_key, [r.image_id for r in ready], vectors)
-    near = 0
-    for r, match in zip(ready, matches):
-        if match:
-            store.update_image(r.image_id, near_duplicate_of=match[0])
-            near += 1
-        store.job_progress(job_id, r.item.key, done=1, near_duplicates=int(match is not None))
-    return near
