@@ -1,0 +1,152 @@
+"""Search latency through the real gateway on an index of 30,000 images.
+
+    python benchmarks/search_latency.py [--n 30000] [--seconds 10]
+
+A deployment of its own (Redis db 14 under a fresh prefix, `vsearch model-server`, the gateway under
+gunicorn with 2 processes x 8 threads), an index of `n` vectors: the 20 real foolbox photos indexed
+through the model, plus synthetic clustered vectors for the rest. Queries: by `image_id` (stored
+vector, no model call) and by upload of real photos (decode, resize, embed, search). 1 and 8
+concurrent clients, each with its own HTTP session; reports p50/p99 latency and throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.config import Settings  # noqa: E402
+from services.index import build_index  # noqa: E402
+from services.images import load_for_model  # noqa: E402
+from services.store import Store, image_id  # noqa: E402
+from services.tfs_client import ModelClient  # noqa: E402
+from tests.conftest import free_port, imagenet_photos, start_model_server, stop_process  # noqa: E402
+from tests.workers import drop_keys, isolated_settings, settings_env  # noqa: E402
+
+
+def populate(settings: Settings, model_server: str, n: int) -> list[str]:
+    """Real photos embedded for real, synthetic neighbours for the rest; then one index build."""
+    store = Store.from_settings(settings)
+    client = ModelClient(model_server, "effnet_lite0")
+    info = client.info()
+    store.redis.set(store.key("active_model", "effnet_lite0"), info.key)
+    photos = imagenet_photos()
+    vectors = client.embed(np.stack([load_for_model(p.read_bytes(), 224) for p in photos]))
+    real_ids = [image_id(p.read_bytes()) for p in photos]
+    store.create_images([(i, {"source": p.name, "label": p.stem}) for i, p in zip(real_ids, photos)])
+    store.put_vectors(info.key, real_ids, vectors)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((1000, info.embedding_dim)).astype(np.float32)
+    for start in range(len(photos), n, 2000):
+        count = min(2000, n - start)
+        synth = centres[rng.integers(0, 1000, count)] + 0.6 * rng.standard_normal((count, info.embedding_dim))
+        ids = [f"{start + i:064x}" for i in range(count)]
+        store.create_images([(i, {"source": "synthetic", "label": "synthetic"}) for i in ids])
+        store.put_vectors(info.key, ids, synth.astype(np.float32))
+    build_index(store, info.key, settings.index_dir)
+    client.close()
+    return real_ids
+
+
+def run_clients(call, clients: int, seconds: float) -> tuple[list[float], int]:
+    latencies, errors = [], [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def loop(i):
+        session = requests.Session()
+        n = i
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            ok = call(session, n)
+            elapsed = time.perf_counter() - t
+            with lock:
+                latencies.append(elapsed)
+                errors[0] += not ok
+            n += clients
+        session.close()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=30_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--model-base", type=Path, default=ROOT / "var" / "models")
+    args = parser.parse_args()
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="vsearch-search-"))
+    port = free_port()
+    server = start_model_server(args.model_base, port)
+    settings = isolated_settings(tmp, f"127.0.0.1:{port}", redis_url="redis://127.0.0.1:6379/14")
+    gateway = None
+    try:
+        real_ids = populate(settings, f"127.0.0.1:{port}", args.n)
+        gw_port = free_port()
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{gw_port}", "--workers", "2", "--threads", "8",
+             "gateway:create_app()"], cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{gw_port}/api/v1"
+        for _ in range(100):
+            try:
+                if requests.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        uploads = [p.read_bytes() for p in imagenet_photos()]
+        rng = np.random.default_rng(1)
+        id_queries = [real_ids[i % len(real_ids)] if i % 2 else f"{int(rng.integers(20, args.n)):064x}"
+                      for i in range(1000)]
+
+        def by_id(session, n):
+            r = session.post(base + "/search", json={"image_id": id_queries[n % len(id_queries)], "k": 10})
+            return r.status_code == 200
+
+        def by_upload(session, n):
+            r = session.post(base + "/search", files={"file": ("q.jpg", uploads[n % len(uploads)])}, data={"k": "10"})
+            return r.status_code == 200
+
+        for call in (by_id, by_upload):  # warm both gunicorn processes
+            run_clients(call, 4, 2)
+        rows = []
+        for name, call in (("by image_id", by_id), ("by upload", by_upload)):
+            for clients in (1, 8):
+                lat, errors = run_clients(call, clients, args.seconds)
+                ms = np.array(lat) * 1000
+                rows.append({"query": name, "clients": clients, "requests": len(lat), "errors": errors,
+                             "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                             "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                             "per_s": round(len(lat) / args.seconds, 1)})
+                print(rows[-1], flush=True)
+        print(f"\nindex of {args.n} images; {args.seconds:.0f} s per case")
+        print(f"{'query':12} {'clients':>7} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} {'errors':>6}")
+        for r in rows:
+            print(f"{r['query']:12} {r['clients']:7d} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {r['per_s']:7.1f} {r['errors']:6d}")
+        print(json.dumps(rows))
+    finally:
+        if gateway:
+            gateway.terminate()
+            gateway.wait(20)
+        stop_process(server)
+        drop_keys(settings)
+
+
+if __name__ == "__main__":
+    main()
