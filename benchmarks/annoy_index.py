@@ -62,7 +62,7 @@ def main() -> None:
                 started = time.perf_counter()
                 info = index_mod.build_index(store, model_key, tmp, n_trees=n_trees)
                 build_s = time.perf_counter() - started
-                for factor in (1, 2, 4, 8, 16):
+                for factor in (1, 2, 3, 4, 8):
                     searcher = index_mod.Searcher(store, model_key, tmp, search_k_factor=factor)
                     searcher.search(queries[0], 10)
                     raw, timed, hits = [], [], 0

@@ -698,6 +698,41 @@ def dependency_closure(requirements: list[Requirement]) -> set[str]:
     return {k.split("[")[0] for k in seen}
 
 
+@pytest.mark.slow
+def test_what_the_images_copy_builds_the_whole_project(tmp_path):
+    """`pip install .` from exactly the files the Dockerfile copies: every package, the web assets,
+    the .proto files and the `vsearch` script end up installed (a wheel built the same way)."""
+    import zipfile
+    src = tmp_path / "src"
+    for kw, rest in parse_dockerfile(ROOT / "deploy" / "app.Dockerfile")["build"].instructions:
+        if kw == "COPY":
+            *sources, dest = shlex.split(rest)
+            for source in sources:
+                target = src / (dest if dest != "./" else source)
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, target)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            str(src), "-w", str(tmp_path / "dist")], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {n.split("/")[0] for n in names if n.endswith("/__init__.py") and n.count("/") == 1}
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    expected = {d.name for d in ROOT.iterdir() if (d / "__init__.py").is_file()
+                and any(fnmatch.fnmatch(d.name, pattern) for pattern in include)}
+    assert packages == expected, "the Dockerfiles must COPY every package"
+    for path in ROOT.glob("gateway/*/*"):
+        if path.suffix in (".html", ".js", ".css"):
+            assert path.relative_to(ROOT).as_posix() in names, f"{path.name} is missing from the image"
+    assert "services/protos/tfserving.proto" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "vsearch = services.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
 def test_model_image_installs_cpu_tensorflow_and_torch_pinned_like_the_project():
     stages = parse_dockerfile(ROOT / "deploy" / "model.Dockerfile")
     installs = " ; ".join(pip_installs(installing_stages(stages, "model")))
@@ -999,7 +1034,7 @@ def test_tfserving_healthcheck_needs_no_curl_and_wants_an_available_version(stat
         handler = type("Handler", (_FakeTFServingStatus,), {"state": state})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         script = test[3].replace(f"/dev/tcp/127.0.0.1/{REST_PORT}", f"/dev/tcp/127.0.0.1/{port}")
         result = subprocess.run(test[1:3] + [script], capture_output=True, text=True, timeout=10)
