@@ -38,6 +38,10 @@ class Settings:
     max_upload_mb: int = 64
     max_image_pixels: int = 80_000_000
     near_duplicate_threshold: float = 0.97
+    # Annoy: trees per index, and how many candidates a query inspects (search_k = trees * k * this):
+    # recall against query time, measured in docs/benchmarks.md.
+    index_trees: int = 32
+    search_k_factor: int = 4
     # URL ingest: private/loopback targets are refused unless this is set (on-prem sources, tests).
     allow_private_urls: bool = False
     url_timeout_s: float = 15.0

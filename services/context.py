@@ -49,7 +49,7 @@ class Context:
 
     @cached_property
     def searcher(self) -> Searcher:
-        return Searcher(self.store, self.model_key, self.settings.index_dir)
+        return Searcher(self.store, self.model_key, self.settings.index_dir, self.settings.search_k_factor)
 
 
 _context: Context | None = None

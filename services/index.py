@@ -31,12 +31,13 @@ logger = logging.getLogger(__name__)
 
 # With D=1280 an Annoy leaf holds up to ~D items, so trees are shallow and the file is dominated
 # by the items themselves: a tree costs little space, but build time grows linearly with the
-# count (~0.09 s per tree for 30k items on one core). Recall comes mostly from search_k. Measured
-# on synthetic clustered 1280-d sets (5k-30k items): Annoy's default search_k (n_trees * k) gave
-# recall@10 of 0.62-0.99; 32 trees with 8 * n_trees * k gave 0.97-1.0 (~1.3-2 ms per query),
-# 16 * n_trees * k 0.98-1.0 for ~0.3 ms more at 5k. Each extra candidate is one 1280-d dot product.
+# count. Recall comes mostly from search_k = n_trees * k * SEARCH_K_FACTOR. Measured at 30,000
+# clustered 1280-d vectors (benchmarks/annoy_index.py, docs/benchmarks.md): 32 trees with factor 3
+# give recall@10 0.978 at ~0.95 ms per query through the Searcher; factor 2: 0.954 at 0.6 ms;
+# factor 4: 0.994 at 1.1 ms. Looser clusters need more (tests/test_index.py's set: 0.93 at 4,
+# 0.96 at 8). Both are settings (VSEARCH_INDEX_TREES, VSEARCH_SEARCH_K_FACTOR).
 N_TREES = 32
-SEARCH_K_FACTOR = 16
+SEARCH_K_FACTOR = 4
 LOCK_TTL_S = 60.0
 STALE_TMP_S = 3600.0
 

@@ -199,7 +199,8 @@ def test_recall_at_10_against_exact_search(store, tmp_path):
     vecs, queries = both[:5000], both[5000:]  # queries from the same clusters, not in the index
     ids = add(store, vecs)
     build_index(store, MODEL, tmp_path, n_jobs=1)  # default n_trees, as in production
-    searcher = Searcher(store, MODEL, tmp_path)
+    # A looser set than benchmarks/annoy_index.py's: it needs twice the default search_k for 0.95.
+    searcher = Searcher(store, MODEL, tmp_path, search_k_factor=8)
     assert searcher.status()["fresh"] == 0  # Annoy answers, not the exact fresh search
     exact = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
     started = time.perf_counter()

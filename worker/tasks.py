@@ -65,7 +65,7 @@ def enqueue_build(store, model_key: str) -> None:
              retry_backoff=2, max_retries=10)
 def build_index(model_key: str) -> list[dict]:
     ctx = context.get_context()
-    builds = run_coalesced_build(ctx.store, model_key, ctx.settings.index_dir)
+    builds = run_coalesced_build(ctx.store, model_key, ctx.settings.index_dir, n_trees=ctx.settings.index_trees)
     for info in builds:
         logger.info("index %s version %s published: %s vectors", model_key, info.get("version"), info.get("count"))
     return builds
