@@ -4,7 +4,7 @@
 
 Measures, in alternating rounds so that drift on a shared machine hits every figure alike:
 in-process forward img/s at batch 1 and 32; through `vsearch model-server` (a subprocess) with one
-client at batch 1 and 32, and with 8 concurrent single-image clients. Prints medians and each figure
+client at batch 1 and 32, 2 clients at batch 32, and 8 concurrent single-image clients. Prints medians and each figure
 as a ratio of the in-process batch-32 rate (the target for batched gRPC is >= 0.9).
 """
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--model-base", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
     args = parser.parse_args()
 
     from model_export.export import export_model
@@ -66,7 +67,7 @@ def main() -> None:
     forward(batch32)
 
     port = free_port()
-    server = start_model_server(args.model_base, port)
+    server = start_model_server(args.model_base, port, "--batch-timeout-ms", str(args.batch_timeout_ms))
     client = ModelClient(f"127.0.0.1:{port}", "effnet_lite0")
     clients = [ModelClient(f"127.0.0.1:{port}", "effnet_lite0") for _ in range(8)]
     client.embed(batch32)
@@ -75,6 +76,7 @@ def main() -> None:
         "in-process batch 32": lambda: rate(lambda: forward(batch32), 32, args.seconds),
         "gRPC 1 client batch 1": lambda: rate(lambda: client.embed(single), 1, args.seconds),
         "gRPC 1 client batch 32": lambda: rate(lambda: client.embed(batch32), 32, args.seconds),
+        "gRPC 2 clients batch 32": lambda: rate_per_client(clients[:2], batch32, args.seconds, 32),
         "gRPC 8 clients batch 1": lambda: rate_per_client(clients, single, args.seconds),
     }
     results = {name: [] for name in cases}
@@ -92,16 +94,16 @@ def main() -> None:
     print(json.dumps({k: [round(v, 1) for v in vs] for k, vs in results.items()}))
 
 
-def rate_per_client(clients, image, seconds):
-    """8 threads, each with its own channel, sending one image at a time."""
+def rate_per_client(clients, images, seconds, per_call=1):
+    """One thread per client (each with its own channel), sending `images` back to back."""
     index = iter(range(len(clients)))
     local = threading.local()
 
     def call():
         if not hasattr(local, "client"):
             local.client = clients[next(index)]
-        local.client.embed(image)
-    return rate(call, 1, seconds, threads=len(clients))
+        local.client.embed(images)
+    return rate(call, per_call, seconds, threads=len(clients))
 
 
 if __name__ == "__main__":

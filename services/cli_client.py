@@ -67,6 +67,8 @@ def _follow(client, job_id: str) -> None:
     indexed = job["done"] - job.get("duplicates", 0)
     click.echo(f"job {job_id}: {job['state']}: {indexed} indexed, {job.get('duplicates', 0)} duplicates "
                f"(already indexed), {job.get('near_duplicates', 0)} near-duplicates, {job['failed']} failed")
+    for near in job.get("near_duplicate_items", [])[:20]:
+        click.echo(f"  near-duplicate: {near['item']} looks like {near['near_duplicate_of'][:12]}")
     for error in job["errors"][:20]:
         click.echo(f"  failed: {error['item']}: {error['error']}")
     if len(job["errors"]) > 20:

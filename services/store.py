@@ -391,11 +391,21 @@ class Store:
             raise KeyError(job_id)
         return [bool(r) for r in results]
 
+    def record_near_duplicates(self, job_id: str, found: list[dict]) -> None:
+        """Keep {"item", "id", "near_duplicate_of"} entries for the job's report (the first 1000)."""
+        key = self.key("job", job_id) + ":near"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, *(json.dumps(f) for f in found)).ltrim(key, 0, MAX_JOB_ERRORS - 1)
+        pipe.expire(key, JOB_TTL_S).execute()
+
     def get_job(self, job_id: str) -> dict | None:
         job, _, errors = self._job_keys(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        raw, errs = pipe.hgetall(job).lrange(errors, 0, -1).execute()
-        return _job(raw) | {"errors": [json.loads(e) for e in errs]} if raw else None
+        raw, errs, near = pipe.hgetall(job).lrange(errors, 0, -1).lrange(job + ":near", 0, -1).execute()
+        if not raw:
+            return None
+        return _job(raw) | {"errors": [json.loads(e) for e in errs],
+                            "near_duplicate_items": [json.loads(n) for n in near]}
 
     def recent_jobs(self, limit: int = 20) -> list[dict]:
         """Newest first, as get_job but without the errors list."""

@@ -93,6 +93,18 @@ def test_directory_job_indexes_a_class_tree_and_copies_find_their_original(env, 
     assert (again["done"], again["duplicates"], again["failed"]) == (20, 20, 1)
     assert store.count_vectors(model_key) == 20
 
+    # a recompressed copy is a new image (other bytes), recorded as a near-duplicate of its original
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    (copies / "copy.jpg").write_bytes(transforms.to_jpeg_bytes(open_rgb(photos[0]), quality=70))
+    near = wait_for_job(store, submit_job(app, store, {"kind": "directory", "directory": str(copies)}),
+                        workers=workers)
+    original = image_id(photos[0].read_bytes())
+    assert (near["done"], near["near_duplicates"]) == (1, 1)
+    assert near["near_duplicate_items"][0]["near_duplicate_of"] == original
+    copy_id = image_id((copies / "copy.jpg").read_bytes())
+    assert store.get_image(copy_id)["near_duplicate_of"] == original
+
 
 def variants(photos, root):
     """Three distinct files (different bytes) per photo."""

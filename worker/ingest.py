@@ -90,7 +90,7 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
     if todo:
         ready = list(todo.values())
         vectors = ctx.model.embed(np.stack([d.array for d in ready]))
-        near = _store_vectors(ctx, ready, vectors, info.key, updates)
+        near = _store_vectors(ctx, job_id, ready, vectors, info.key, updates)
     store.job_progress_many(job_id, updates)
     _remove_incoming(ctx, items)
     return {"embedded": len(todo), "near_duplicates": near}
@@ -112,15 +112,19 @@ def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray) -
     return found
 
 
-def _store_vectors(ctx: Context, ready: list[_Decoded], vectors: np.ndarray, model_key: str,
+def _store_vectors(ctx: Context, job_id: str, ready: list[_Decoded], vectors: np.ndarray, model_key: str,
                    updates: list[dict]) -> int:
     matches = _near_duplicates(ctx, ready, vectors)
     ctx.store.put_vectors(model_key, [d.image_id for d in ready], vectors)
+    found = []
     for d, match in zip(ready, matches):
         if match:
             ctx.store.update_image(d.image_id, near_duplicate_of=match)
+            found.append({"item": d.item.source, "id": d.image_id, "near_duplicate_of": match})
         updates.append({"item": d.item.key, "done": 1, "near_duplicates": int(match is not None)})
-    return sum(m is not None for m in matches)
+    if found:
+        ctx.store.record_near_duplicates(job_id, found)
+    return len(found)
 
 
 def _remove_incoming(ctx: Context, items: list[Item]) -> None:
