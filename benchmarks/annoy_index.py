@@ -10,7 +10,6 @@ with Annoy's raw query time beside it. Needs Redis on 127.0.0.1:6379 (db 14, own
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -31,7 +29,8 @@ from services.index import build_index  # noqa: E402
 from services.images import load_for_model  # noqa: E402
 from services.store import Store, image_id  # noqa: E402
 from services.tfs_client import ModelClient  # noqa: E402
-from tests.conftest import free_port, imagenet_photos, start_model_server, stop_process  # noqa: E402
+from services.modelserver.process import start_model_server, stop_process  # noqa: E402
+from tests.conftest import free_port, imagenet_photos  # noqa: E402
 from tests.workers import drop_keys, isolated_settings, settings_env  # noqa: E402
 
 

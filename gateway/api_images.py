@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from flask import Blueprint, request, send_file
+from flask import Blueprint, send_file
 
 from gateway import resources
 from gateway.auth import require_token

@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.server
 import io
 import threading
-import time
 from dataclasses import replace
 
 import pytest

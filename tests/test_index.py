@@ -8,26 +8,13 @@ from uuid import uuid4
 
 import numpy as np
 import pytest
-import redis
 
 import services.index as index_mod
 from services.index import (IndexLoadError, Searcher, build_index, find_near_duplicate, load_index,
                             request_build, run_coalesced_build)
-from services.store import Store
 
-REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 MODEL = "effnet_lite0:1"
 
-
-@pytest.fixture
-def store():
-    client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"test:{uuid4().hex}:"
-    yield Store(client, prefix)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def clustered(n, d=32, clusters=20, noise=0.8, seed=0):

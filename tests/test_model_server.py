@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
 
 from services.tfs_client import ModelClient, ModelServerError
 from tests.conftest import free_port, imagenet_label, start_model_server, stop_process

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
-from uuid import uuid4
 
 import numpy as np
 import pytest
@@ -13,20 +11,10 @@ import redis
 
 from services.config import Settings
 from services.store import Store, image_id
+from tests.workers import TEST_REDIS_URL as REDIS_URL
 
-REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 MODEL = "effnet_lite0:1"
 
-
-@pytest.fixture
-def store():
-    client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"test:{uuid4().hex}:"
-    yield Store(client, prefix)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def unit(rng, n, d=8):

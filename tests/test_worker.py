@@ -1,11 +1,9 @@
 """Indexing for real: Redis, Celery worker processes, the model server; a worker killed mid-job."""
 from __future__ import annotations
 
-import io
 import shutil
 import time
 
-import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 

@@ -7,7 +7,6 @@ fails its item at once and is reported in the job.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import redis
@@ -61,11 +60,21 @@ def enqueue_build(store, model_key: str) -> None:
         build_index.apply_async(args=[model_key], queue=INDEX_QUEUE)
 
 
-@shared_task(name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,
+@shared_task(bind=True, name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,
              retry_backoff=2, max_retries=10)
-def build_index(model_key: str) -> list[dict]:
+def build_index(self, model_key: str) -> list[dict]:
     ctx = context.get_context()
-    builds = run_coalesced_build(ctx.store, model_key, ctx.settings.index_dir, n_trees=ctx.settings.index_trees)
+    s = ctx.settings
+    if not self.request.retries:
+        # Delivered again because its builder died mid-build? That builder had taken the request:
+        # put it back. (A first delivery finds it set already.)
+        request_build(ctx.store, model_key)
+    builds = run_coalesced_build(ctx.store, model_key, s.index_dir, n_trees=s.index_trees,
+                                 lock_ttl_s=s.index_lock_ttl_s)
+    if not builds and ctx.store.index_build_requested(model_key) and self.request.retries < self.max_retries:
+        # Another builder holds the lock and will fold the request in, unless it died: then its
+        # lock expires within the TTL, and this retry builds.
+        raise self.retry(countdown=s.index_lock_ttl_s / 2)
     for info in builds:
         logger.info("index %s version %s published: %s vectors", model_key, info.get("version"), info.get("count"))
     return builds
