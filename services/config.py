@@ -42,6 +42,9 @@ class Settings:
     # recall against query time, measured in docs/benchmarks.md.
     index_trees: int = 32
     search_k_factor: int = 4
+    # The index builder's lock expires this long after its holder stopped refreshing it (it died):
+    # only then can another builder take over.
+    index_lock_ttl_s: float = 60.0
     # URL ingest: private/loopback targets are refused unless this is set (on-prem sources, tests).
     allow_private_urls: bool = False
     url_timeout_s: float = 15.0
@@ -51,6 +54,8 @@ class Settings:
     # Celery: a task unacknowledged this long (its worker died) is delivered again; above the longest task.
     task_visibility_timeout_s: int = 600
     task_time_limit_s: int = 300
+    # A worker serves Prometheus metrics on this port (0: off; give each worker on a host its own).
+    worker_metrics_port: int = 0
     # Images per ingest task: one model batch, so the model server sees full batches.
     ingest_chunk: int = 32
 

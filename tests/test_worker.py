@@ -5,6 +5,7 @@ import shutil
 import time
 
 import pytest
+import requests
 from PIL import Image, ImageEnhance
 
 from services import transforms
@@ -12,7 +13,7 @@ from services.images import load_for_model
 from services.index import Searcher
 from services.store import Store, image_id
 from services.tfs_client import ModelClient
-from tests.conftest import imagenet_label
+from tests.conftest import free_port, imagenet_label
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
 from worker.celery_app import make_celery
 from worker.jobs import submit_job
@@ -52,7 +53,8 @@ COPY_EDITS = ["crop70", "mirror", "rotate10", "watermark", "jpeg20"]
 
 def test_directory_job_indexes_a_class_tree_and_copies_find_their_original(env, photos, tmp_path, model_server):
     make, workers = env
-    settings, store, app = make()
+    metrics_port = free_port()
+    settings, store, app = make(worker_metrics_port=metrics_port)
     workers.append(WorkerProcess(settings, tmp_path, concurrency=3))
     workers[0].wait_ready()
     tree = class_tree(photos, tmp_path / "photos")
@@ -84,6 +86,11 @@ def test_directory_job_indexes_a_class_tree_and_copies_find_their_original(env, 
                 misses.append((p.name, edit, score))
     client.close()
     assert not misses, f"copies not found at rank 1: {misses}"
+
+    metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'vsearch_worker_tasks_total{outcome="success",task="worker.tasks.ingest"}' in metrics
+    images_embedded = [line for line in metrics.splitlines() if line.startswith("vsearch_worker_batch_images_sum")]
+    assert images_embedded and float(images_embedded[0].split()[-1]) == 20
 
     # the same tree again: every image is a duplicate, nothing is indexed twice
     again = wait_for_job(store, submit_job(app, store, {"kind": "directory", "directory": str(tree)}),

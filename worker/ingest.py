@@ -21,6 +21,7 @@ from services import files, images
 from services.context import Context
 from services.sources import SourceError, fetch_url
 from services.store import image_id
+from worker.metrics import BATCH_IMAGES, MODEL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
     near = 0
     if todo:
         ready = list(todo.values())
-        vectors = ctx.model.embed(np.stack([d.array for d in ready]))
+        with MODEL_SECONDS.time():
+            vectors = ctx.model.embed(np.stack([d.array for d in ready]))
+        BATCH_IMAGES.observe(len(ready))
         near = _store_vectors(ctx, job_id, ready, vectors, info.key, updates)
     store.job_progress_many(job_id, updates)
     _remove_incoming(ctx, items)
