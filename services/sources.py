@@ -129,9 +129,9 @@ def fetch_url(url: str, *, max_bytes: int = Settings.max_upload_mb * MIB, timeou
         status, location, content, content_type = _get(parts, addresses, deadline, max_bytes,
                                                        user_agent, ssl_context or _default_tls())
         if status not in _REDIRECTS:
-            return FetchedURL(_redact(url), content, content_type)
+            return FetchedURL(redact_url(url), content, content_type)
         if not location:
-            raise SourceError("http_error", f"{_redact(url)}: HTTP {status} without a Location")
+            raise SourceError("http_error", f"{redact_url(url)}: HTTP {status} without a Location")
         url = urljoin(url, location)
     raise SourceError("too_many_redirects", f"more than {max_redirects} redirects")
 
@@ -150,14 +150,14 @@ def _parse_url(url: str) -> _Target:
         scheme, host, port = split.scheme.lower(), split.hostname, split.port
         host = host.encode("idna").decode("ascii") if host else host
     except (ValueError, UnicodeError):
-        raise SourceError("bad_url", f"not a valid URL: {_redact(url)}") from None
+        raise SourceError("bad_url", f"not a valid URL: {redact_url(url)}") from None
     if scheme not in ("http", "https"):
         raise SourceError("bad_url", "only http and https URLs can be fetched")
     # Non-ASCII is percent-encoded as browsers do; spaces and control characters are refused.
     path = _quote_non_ascii(split.path or "/")
     path += f"?{_quote_non_ascii(split.query)}" if split.query else ""
     if not host or re.search(r"[\x00-\x20\x7f]", path):
-        raise SourceError("bad_url", f"not a valid URL: {_redact(url)}")
+        raise SourceError("bad_url", f"not a valid URL: {redact_url(url)}")
     auth = None
     if split.username is not None:  # allowed, sent as basic auth to this hop only, never echoed
         raw = f"{split.username}:{split.password or ''}".encode()
@@ -169,7 +169,7 @@ def _quote_non_ascii(text: str) -> str:
     return re.sub(r"[^\x00-\x7f]+", lambda match: quote(match.group()), text)
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without `user:password@` (a regex: it must work on URLs urlsplit rejects)."""
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@", r"\1//", url.strip())
 
@@ -183,10 +183,10 @@ def _resolve(host: str, port: int, check: Callable | None, url: str) -> list[str
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise SourceError("dns_error", f"cannot resolve the host of {_redact(url)}") from None
+        raise SourceError("dns_error", f"cannot resolve the host of {redact_url(url)}") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if check is not None and not all(check(ipaddress.ip_address(a)) for a in addresses):
-        raise SourceError("blocked_address", f"{_redact(url)} points to a private or reserved address")
+        raise SourceError("blocked_address", f"{redact_url(url)} points to a private or reserved address")
     return addresses
 
 

@@ -77,32 +77,54 @@ def test_model_server_killed_mid_job_then_restarted(owned, model_base, photos, t
     gateway = create_app({"SETTINGS": settings, "TESTING": True}).test_client()
     query = photos[0].read_bytes()
 
-    paths = variants(photos, tmp_path / "many")
+    paths = variants(photos[:10], tmp_path / "many")  # 30 images in 10 tasks
     job_id = submit_job(make_celery(settings), store, {"kind": "directory", "directory": str(tmp_path / "many")})
     wait_until(lambda: (store.get_job(job_id) or {}).get("done", 0) >= 6, 60, "6 images done")
     assert search_upload(gateway, query).status_code == 200
 
     server.kill()
     server.wait()
+    server.stderr.close()
     owned["procs"].remove(server)
+    killed = time.monotonic()
     down = search_upload(gateway, query)
     assert down.status_code == 503 and down.headers["Retry-After"]
     assert down.json["error"]["code"] == "model_unavailable"
     assert "model server is not available" in down.json["error"]["message"]
     assert gateway.get("/readyz").status_code == 503
-    time.sleep(3)
+    time.sleep(1)
     assert store.get_job(job_id)["state"] == "running"  # waiting, not failing its items
     server = start_model_server(model_base, port)  # same port: nothing is reconfigured
     owned["procs"].append(server)
+    restarted = time.monotonic()
 
     job = wait_for_job(store, job_id, timeout_s=120, workers=[worker])
-    assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 60, 60, 0), job
+    print(f"down {restarted - killed:.1f} s, job done {time.monotonic() - restarted:.1f} s after the restart")
+    assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 30, 30, 0), job
     assert_indexed_once(store, paths)
     assert "Retry in" in worker.log()  # the tasks waited with backoff
     # the gateway recovers by itself (its gRPC channel reconnects), no restart
     wait_until(lambda: search_upload(gateway, query).status_code == 200, 30, "gateway search back", 0.5)
     assert gateway.get("/readyz").status_code == 200
-    wait_for_index(store, MODEL_KEY, 60)
+    wait_for_index(store, MODEL_KEY, 30)
+
+
+def test_ingest_out_of_retries_fails_its_items_so_the_job_ends(owned, photos, tmp_path, monkeypatch):
+    """A model server down for longer than every retry: the chunk's items are reported failed."""
+    from services import context
+    from worker.tasks import ingest
+    settings = isolated_settings(tmp_path, f"127.0.0.1:{free_port()}", model_timeout_s=1)
+    owned["settings"].append(settings)
+    monkeypatch.setattr(context, "_context", context.Context(settings))
+    store = Store.from_settings(settings)
+    store.redis.set(store.key("active_model", settings.model_name), MODEL_KEY)
+    store.create_job("j1", 2, "items")
+    items = [{"key": p.name, "source": p.name, "path": str(p)} for p in photos[:2]]
+    result = ingest.apply(args=["j1", items], retries=ingest.max_retries).get()
+    assert result["embedded"] == 0
+    job = store.get_job("j1")
+    assert (job["state"], job["failed"]) == ("done", 2)
+    assert all("gave up after 10 retries" in e["error"] for e in job["errors"]), job["errors"]
 
 
 def start_redis(port: int, directory, log_path) -> subprocess.Popen:
@@ -181,9 +203,9 @@ def test_index_build_killed_half_way_then_corrupt_file_refused(owned, model_serv
     owned["settings"].append(settings)
     store = Store.from_settings(settings)
     app = make_celery(settings)
-    ids, vectors = add_synthetic(store, 0, 20_000)
+    ids, vectors = add_synthetic(store, 0, 30_000)
     v1 = build_index(store, SYNTHETIC, settings.index_dir)
-    add_synthetic(store, 20_000, 500)
+    add_synthetic(store, 30_000, 500)
     files_v1 = published_files(settings.index_dir)
     searcher = Searcher(store, SYNTHETIC, settings.index_dir)
     assert searcher.search(vectors[7], k=1)[0][0] == ids[7]
@@ -193,10 +215,10 @@ def test_index_build_killed_half_way_then_corrupt_file_refused(owned, model_serv
     builder.wait_ready()
     assert request_rebuild(app, store, SYNTHETIC)
     lock = store.key("index", SYNTHETIC, "lock")
-    wait_until(lambda: store.redis.exists(lock), 20, "the build to start")
-    time.sleep(1.0)  # reading vectors / building trees: about half way
+    wait_until(lambda: store.redis.exists(lock), 20, "the build to start", 0.01)
+    time.sleep(0.3)  # reading vectors, building trees (a build of this size takes about a second)
     builder.kill()
-    assert store.get_index_info(SYNTHETIC)["version"] == v1["version"]
+    assert store.get_index_info(SYNTHETIC)["version"] == v1["version"], "killed too late: the build was done"
     assert published_files(settings.index_dir) == files_v1  # no half file under a published name
     assert searcher.search(vectors[7], k=1)[0][0] == ids[7] and searcher.version == v1["version"]
 
@@ -204,7 +226,7 @@ def test_index_build_killed_half_way_then_corrupt_file_refused(owned, model_serv
     # unacknowledged task is delivered again; a rebuild asked for meanwhile is not lost.
     request_rebuild(app, store, SYNTHETIC)
     owned["workers"].append(WorkerProcess(settings, tmp_path, queues="index", concurrency=1, name="builder2"))
-    v2 = wait_for_index(store, SYNTHETIC, 20_500, timeout_s=40)
+    v2 = wait_for_index(store, SYNTHETIC, 30_500, timeout_s=40)
     assert v2["version"] > v1["version"]
     assert searcher.search(vectors[7], k=1)[0][0] == ids[7] and searcher.version == v2["version"]
 
@@ -212,7 +234,7 @@ def test_index_build_killed_half_way_then_corrupt_file_refused(owned, model_serv
     store.redis.set(store.key("active_model", settings.model_name), SYNTHETIC)
     gateway = create_app({"SETTINGS": settings, "TESTING": True}).test_client()
     assert gateway.get("/api/v1/index").json["version"] == v2["version"]
-    add_synthetic(store, 30_000, 10)
+    add_synthetic(store, 40_000, 10)
     bad = build_index(store, SYNTHETIC, settings.index_dir, n_trees=4)
     with open(settings.index_dir / bad["path"], "r+b") as f:
         f.truncate(bad["size"] // 2)
@@ -224,4 +246,4 @@ def test_index_build_killed_half_way_then_corrupt_file_refused(owned, model_serv
     assert hit.json["index_version"] == v2["version"]
     good = build_index(store, SYNTHETIC, settings.index_dir, n_trees=4)
     state = gateway.get("/api/v1/index").json
-    assert (state["version"], state["error"], state["count"]) == (good["version"], None, 20_510)
+    assert (state["version"], state["error"], state["count"]) == (good["version"], None, 30_510)

