@@ -29,12 +29,18 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.modelserver.process import start_model_server, stop_process  # noqa: E402
-from services.store import Store, image_id  # noqa: E402
-from tests.conftest import free_port, imagenet_photos  # noqa: E402
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, settings_env, wait_for_job  # noqa: E402
-from worker.celery_app import make_celery  # noqa: E402
-from worker.jobs import submit_job  # noqa: E402
+from services.modelserver.process import start_model_server, stop_process
+from services.store import Store, image_id
+from tests.conftest import free_port, imagenet_photos
+from tests.workers import (
+    WorkerProcess,
+    drop_keys,
+    isolated_settings,
+    settings_env,
+    wait_for_job,
+)
+from worker.celery_app import make_celery
+from worker.jobs import submit_job
 
 MODEL_KEY = "effnet_lite0:1"
 

@@ -18,7 +18,7 @@ from PIL import ImageOps
 
 from services import images
 from services.quality import metrics as M
-from services.quality import robust
+from services import robust_search as robust
 from services.quality.dataset import load
 from services.quality.harness import EXTRA_TRANSFORMS
 from services.transforms import TRANSFORMS, center_crop

@@ -15,7 +15,8 @@ from contextlib import nullcontext
 import numpy as np
 
 from services.config import Settings
-from services.quality import harness, metrics, robust
+from services import robust_search as robust
+from services.quality import harness, metrics
 from services.quality.server import local_model_server
 from services.tfs_client import ModelClient
 

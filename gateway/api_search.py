@@ -10,7 +10,8 @@ from gateway.auth import require_token
 from gateway.errors import ApiError
 from gateway.inputs import image_error, json_body, parse_k, source_error, uploaded_files
 from gateway.metrics import SEARCH_SECONDS
-from services.images import ImageError, load_for_model
+from services import robust_search
+from services.images import ImageError, decode
 from services.sources import SourceError, fetch_url
 from services.tfs_client import ModelServerError, ModelServerUnavailable
 from worker.jobs import request_rebuild
@@ -29,25 +30,28 @@ def model_call(fn, *args):
         raise ApiError(502, "model_error", str(exc)) from None
 
 
-def embed_bytes(res, data: bytes):
+def embed_views(res, data: bytes):
+    """Embeddings and layouts of the query's views (itself or de-rotated, mirrored, trimmed)."""
     size = model_call(res.model.info).input_size[0]
     try:
-        pixels = load_for_model(data, size, res.settings.max_image_pixels)
+        image = decode(data, res.settings.max_image_pixels, draft_for=size)
     except ImageError as exc:
         raise image_error(exc) from None
-    return model_call(res.model.embed, pixels[None])[0]
+    return model_call(robust_search.query_embeddings, res.model, image)
 
 
-def query_vector(res, body: dict):
+def query_hits(res, body: dict, k: int) -> tuple[list[tuple[str, float, float]], str]:
+    """[(id, cosine, ranking score)] best first, and the kind of query."""
     files = uploaded_files()
     if files:
-        return embed_bytes(res, files[0][1]), "upload"
+        return _copies(res, embed_views(res, files[0][1]), k), "upload"
     if "image_id" in body:
         image_id = body["image_id"]
         found, vectors = res.store.get_vectors(res.model_key, [str(image_id)])
         if not found:
             raise ApiError(404, "not_found", f"no indexed image {image_id!r}")
-        return vectors[0], "image_id"
+        # The query is an indexed image itself: its neighbours by cosine.
+        return [(i, s, s) for i, s in res.searcher.search(vectors[0], k)], "image_id"
     if "url" in body:
         if not isinstance(body["url"], str):
             raise ApiError(400, "bad_url", "url must be a string")
@@ -57,17 +61,23 @@ def query_vector(res, body: dict):
                              allow_private=s.allow_private_urls).content
         except SourceError as exc:
             raise source_error(exc) from None
-        return embed_bytes(res, data), "url"
+        return _copies(res, embed_views(res, data), k), "url"
     raise ApiError(400, "no_query", "send a multipart 'file', or JSON with 'url' or 'image_id'")
 
 
-def describe(store, hits: list[tuple[str, float]]) -> list[dict]:
-    records = store.get_images([image_id for image_id, _ in hits])
-    return [{"id": image_id, "score": round(score, 6), "label": (record or {}).get("label"),
+def _copies(res, views, k: int):
+    embeddings, layouts = views
+    return robust_search.search_copies(res.searcher, res.store, res.model_key, embeddings, layouts, k)
+
+
+def describe(store, hits: list[tuple[str, float, float]]) -> list[dict]:
+    records = store.get_images([image_id for image_id, _, _ in hits])
+    return [{"id": image_id, "score": round(score, 6), "match": round(match, 6),
+             "label": (record or {}).get("label"),
              "source": (record or {}).get("source"),
              "near_duplicate_of": (record or {}).get("near_duplicate_of"),
              "thumbnail_url": url_for("images.thumbnail", image_id=image_id)}
-            for (image_id, score), record in zip(hits, records)]
+            for (image_id, score, match), record in zip(hits, records)]
 
 
 @bp.post("/search")
@@ -76,8 +86,7 @@ def search():
     body = json_body()
     k = parse_k(body)
     res = resources.get()
-    vector, kind = query_vector(res, body)
-    hits = res.searcher.search(vector, k)
+    hits, kind = query_hits(res, body, k)
     took = time.perf_counter() - started
     SEARCH_SECONDS.labels(kind).observe(took)
     return {"results": describe(res.store, hits), "took_ms": round(took * 1000, 2),

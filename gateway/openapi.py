@@ -60,7 +60,10 @@ SPEC = {
                                    "finished_at": {"type": "number", "nullable": True}}},
             "SearchResults": {"type": "object", "required": ["results", "took_ms", "index_version"], "properties": {
                 "results": {"type": "array", "items": {"type": "object", "required": ["id", "score"], "properties": {
-                    "id": {"type": "string"}, "score": {"type": "number"},
+                    "id": {"type": "string"},
+                    "score": {"type": "number", "description": "cosine similarity (best over the query's views)"},
+                    "match": {"type": "number", "description": "ranking score: the cosine plus a bonus when the "
+                              "layout confirms an edited copy; results are ordered by it"},
                     "label": {"type": "string", "nullable": True}, "source": {"type": "string", "nullable": True},
                     "thumbnail_url": {"type": "string"}}}},
                 "took_ms": {"type": "number"}, "index_version": {"type": "integer"}}},

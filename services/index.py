@@ -262,6 +262,15 @@ class Searcher:
             out.append(self._search(view, q / norm, k) if norm and np.isfinite(norm) else [])
         return out
 
+    def shortlist(self, views, n: int) -> list[tuple[str, float]]:
+        """The n best images for any of several query vectors (one view of the index): each
+        image with its best cosine over the views, best first."""
+        best: dict[str, float] = {}
+        for hits in self.search_many(views, n):
+            for iid, score in hits:
+                best[iid] = max(score, best.get(iid, -2.0))
+        return sorted(best.items(), key=lambda h: h[1], reverse=True)[:n]
+
     def search_by_id(self, image_id: str, k: int = 10) -> list[tuple[str, float]]:
         """Neighbours of a stored image; the image itself is included (normally first)."""
         _, matrix = self.store.get_vectors(self.model_key, [image_id])

@@ -258,9 +258,15 @@ class Store:
         return bool(result)
 
     def delete_image(self, image_id: str) -> bool:
-        """Tombstone the record and drop its vectors and log entries; False if unknown."""
+        """Tombstone the record and drop its vectors, layouts and log entries; False if unknown."""
         keys = [self.key("image", image_id), self.key("deleted"), self.key("seq"), self.key("models")]
-        return bool(self._delete_image(keys=keys, args=[image_id, self.prefix]))
+        deleted = bool(self._delete_image(keys=keys, args=[image_id, self.prefix]))
+        if deleted:
+            pipe = self.redis.pipeline(transaction=False)
+            for model_key in self.model_keys():
+                pipe.hdel(self.key("layouts", model_key), image_id)
+            pipe.execute()
+        return deleted
 
     # -- vectors --------------------------------------------------------------------------
     def put_vector(self, model_key: str, image_id: str, vector) -> bool:
@@ -288,6 +294,22 @@ class Store:
         blobs = self.redis.hmget(self.key("vectors", model_key), image_ids) if image_ids else []
         found = [(i, b) for i, b in zip(image_ids, blobs) if b is not None]
         return [i for i, _ in found], _to_matrix([b for _, b in found])
+
+    # -- layouts: the copy-detection thumbnails beside each vector (services/robust_search.py) ----
+    def put_layouts(self, model_key: str, image_ids: list[str], layouts: np.ndarray) -> None:
+        """layouts [N, V, 256], stored as float16 (2 KB an image for V=4)."""
+        blobs = np.asarray(layouts, np.float16)
+        self.redis.hset(self.key("layouts", model_key),
+                        mapping={iid: blob.tobytes() for iid, blob in zip(image_ids, blobs)})
+
+    def get_layouts(self, model_key: str, image_ids: list[str], shape: tuple[int, int]) -> np.ndarray:
+        """[N, *shape] float32 in the order asked; zeros where none is stored (then no layout bonus)."""
+        out = np.zeros((len(image_ids), *shape), np.float32)
+        blobs = self.redis.hmget(self.key("layouts", model_key), image_ids) if image_ids else []
+        for i, blob in enumerate(blobs):
+            if blob is not None:
+                out[i] = np.frombuffer(blob, np.float16).reshape(shape)
+        return out
 
     def iter_vectors(self, model_key: str, batch: int = 1000) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every vector of model_key, in chunks, without holding them all in Redis' reply."""

@@ -18,6 +18,7 @@ import warnings
 import zipfile
 import zlib
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def bad_images(photos) -> dict[str, tuple[bytes, str]]:
 
 class Files(http.server.BaseHTTPRequestHandler):
     """Serves the URL corpus: good images, errors, slow, endless and redirecting answers."""
-    routes: dict = {}
+    routes: ClassVar[dict] = {}
 
     def do_GET(self):
         route = self.routes.get(self.path)

@@ -216,10 +216,11 @@ def test_search_page_in_chromium(browser, served, image_server, photos, tmp_path
     first = cards[0]
     assert first["id"] == image_id(photo.read_bytes())
     assert first["labels"] == [f"class_{imagenet_label(photo):03d}", photo.name]
-    scores = [float(c["score"].split("·")[1]) for c in cards]
+    scores = [float(c["score"].split("·")[1].split()[0]) for c in cards]
     assert [c["score"].split("·")[0].strip() for c in cards] == [f"#{i}" for i in range(1, 11)]
-    assert scores == sorted(scores, reverse=True)
+    assert scores == sorted(scores, reverse=True)  # no layout bonus below rank 1: cosine order
     assert scores[0] > 0.5 and scores[0] - scores[1] > 0.2, scores  # the copy stands out
+    assert "copy" in cards[0]["score"]  # its layout confirmed it
     assert driver.find_element("id", "took").text.startswith("10 results in ")
 
     console = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]

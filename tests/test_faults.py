@@ -19,7 +19,13 @@ from services.index import Searcher, build_index
 from services.store import Store, image_id
 from tests.conftest import free_port, start_model_server, stop_process
 from tests.test_worker import variants
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
+from tests.workers import (
+    WorkerProcess,
+    drop_keys,
+    isolated_settings,
+    wait_for_index,
+    wait_for_job,
+)
 from worker.celery_app import make_celery
 from worker.jobs import request_rebuild, submit_job
 

@@ -69,8 +69,8 @@ def test_search_by_upload_finds_the_original_of_a_copy(client, photos, edit):
     assert best["id"] == image_id(photo.read_bytes())
     assert best["label"] == f"class_{imagenet_label(photo):03d}" and best["source"].endswith(photo.name)
     assert best["thumbnail_url"] == f"/api/v1/images/{best['id']}/thumbnail"
-    scores = [r["score"] for r in body["results"]]
-    assert scores == sorted(scores, reverse=True)
+    ranking = [r["match"] for r in body["results"]]
+    assert ranking == sorted(ranking, reverse=True)
 
 
 def test_search_by_image_id_and_by_url(client, photos):

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageEnhance, ImageOps
 
 from services import images
-from services.quality import metrics, robust
+from services import robust_search as robust
+from services.quality import metrics
 from services.quality.harness import rank_from_scores
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services import files, images
+from services import files, images, robust_search
 from services.context import Context
 from services.sources import SourceError, fetch_url
 from services.store import image_id
@@ -90,9 +90,11 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
     near = 0
     if todo:
         ready = list(todo.values())
+        batch = np.stack([d.array for d in ready])
         with MODEL_SECONDS.time():
-            vectors = ctx.model.embed(np.stack([d.array for d in ready]))
+            vectors = ctx.model.embed(batch)
         BATCH_IMAGES.observe(len(ready))
+        ctx.store.put_layouts(info.key, [d.image_id for d in ready], robust_search.index_layouts(batch))
         near = _store_vectors(ctx, job_id, ready, vectors, info.key, updates)
     store.job_progress_many(job_id, updates)
     _remove_incoming(ctx, items)

@@ -52,7 +52,9 @@ function showResults(data) {
     link.target = "_blank";
     link.append(img);
     const caption = document.createElement("figcaption");
-    caption.innerHTML = `<div class="score">#${rank + 1} · ${hit.score.toFixed(3)}</div>`;
+    // Ordered by `match`; the number shown is the cosine similarity. A layout-confirmed copy is tagged.
+    const copy = hit.match - hit.score > 0.05 ? ' <span class="copy" title="its layout matches: an edited copy">copy</span>' : "";
+    caption.innerHTML = `<div class="score">#${rank + 1} · ${hit.score.toFixed(3)}${copy}</div>`;
     const label = document.createElement("div");
     label.className = "label";
     label.textContent = hit.label || "";

@@ -2,7 +2,7 @@
 and Annoy's recall, for the adopted descriptor and the baselines, in one run.
 
 Methods (names as in the report):
-- `adopted`: `services.quality.robust` (query views, CNN shortlist, layout re-ranking), exact search.
+- `adopted`: `services.robust_search` (query views, CNN shortlist, layout re-ranking), exact search.
 - `baseline`: the model's pooled embedding, one per image, exact cosine search (the service as
   it was).
 - `seed`: the seed project's method on the same backbone: images squashed to the input size
@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from services import images
-from services.quality import metrics, robust
+from services import robust_search as robust
+from services.quality import metrics
 from services.quality.dataset import Item, load
 from services.transforms import TRANSFORMS
 

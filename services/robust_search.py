@@ -96,11 +96,33 @@ def rerank_scores(q_emb: np.ndarray, q_layouts: np.ndarray, emb: np.ndarray, lay
     """[M] scores of M candidates (embeddings [M, D], layouts [M, V, 256]) for one query's views
     (q_emb [K, D], q_layouts [K, 256], the first view first): the best over views of cosine +
     layout bonus, views after the first counting only where their layout reaches the threshold."""
+    return _rerank(q_emb, q_layouts, emb, layouts, bonus, threshold)[0]
+
+
+def _rerank(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, threshold=LAYOUT_THRESHOLD):
+    """(scores [M], the cosine of each candidate's winning view [M])."""
     cosine = np.asarray(q_emb, np.float32) @ np.asarray(emb, np.float32).T  # [K, M]
     lay = np.einsum("kd,mvd->kmv", np.asarray(q_layouts, np.float32), np.asarray(layouts, np.float32)).max(-1)
     scores = cosine + bonus * np.maximum(0.0, lay - threshold) / (1.0 - threshold)
     scores[1:] = np.where(lay[1:] >= threshold, scores[1:], -np.inf)
-    return scores.max(axis=0)
+    best = scores.argmax(axis=0)
+    columns = np.arange(scores.shape[1])
+    return scores[best, columns], cosine[best, columns]
+
+
+def search_copies(searcher, store, model_key: str, q_emb: np.ndarray, q_layouts: np.ndarray, k: int,
+                  shortlist: int = SHORTLIST) -> list[tuple[str, float, float]]:
+    """The service's query path: [(image id, cosine of the view that ranked it, ranking score)], best
+    first. Step 1 is the index (Annoy plus fresh items, deletions filtered), step 2 `rerank_scores`
+    over the shortlist's stored vectors and layouts."""
+    candidates = searcher.shortlist(q_emb, max(k, shortlist))
+    ids, emb = store.get_vectors(model_key, [i for i, _ in candidates])
+    if not ids:
+        return []
+    layouts = store.get_layouts(model_key, ids, (len(LAYOUT_VIEWS), LAYOUT_SIDE * LAYOUT_SIDE))
+    scores, cosine = _rerank(q_emb, q_layouts, emb, layouts)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [(ids[j], float(min(1.0, cosine[j])), float(scores[j])) for j in order]
 
 
 def search(q_emb: np.ndarray, q_layouts: np.ndarray, emb: np.ndarray, layouts: np.ndarray,
