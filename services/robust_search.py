@@ -72,8 +72,8 @@ def _layouts(arrays: np.ndarray, fractions, side: int) -> np.ndarray:
 
 # -- querying -----------------------------------------------------------------------------------
 def query_views(image: Image.Image) -> list[Image.Image]:
-    """The images a query is embedded as: first itself (de-rotated if it looks rotated), then
-    its mirror image and, if it has uniform borders, itself without them."""
+    """The images a query is seen as: first itself (de-rotated if it looks rotated), then its
+    mirror image and, if it has uniform borders, itself without them."""
     image = images.to_rgb(image)
     angle = estimate_rotation(image)
     base = derotate(image, angle) if angle else image
@@ -85,10 +85,18 @@ def query_views(image: Image.Image) -> list[Image.Image]:
 
 
 def query_embeddings(client, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings [K, D], layouts [K, 256]) of one query's K = 2 or 3 views, one model call."""
+    """(embeddings [K, D], layouts [K, 256]) of one query's K = 2 or 3 views, one model call.
+
+    The mirror view is not sent to the model: pooled CNN features barely change under a mirror
+    (the baseline already finds mirrored copies at rank 1 in 0.99 of cases), so it reuses the
+    first view's embedding and brings only its layout, the part that does change. That keeps the
+    model call at one image for most queries (docs/quality.md measures both ways)."""
     size = client.info().input_size[0]
-    arrays = np.stack([images.prepare(v, size) for v in query_views(image)])
-    return client.embed(arrays), layout(arrays)
+    views = query_views(image)
+    first = images.prepare(views[0], size)
+    arrays = np.stack([first, first[:, ::-1]] + [images.prepare(v, size) for v in views[2:]])
+    embedded = client.embed(arrays[[0, *range(2, len(arrays))]])
+    return np.concatenate([embedded[:1], embedded[:1], embedded[1:]]), layout(arrays)
 
 
 def rerank_scores(q_emb: np.ndarray, q_layouts: np.ndarray, emb: np.ndarray, layouts: np.ndarray,
