@@ -266,7 +266,8 @@ class Searcher:
         """The n best images for any of several query vectors (one view of the index): each
         image with its best cosine over the views, best first."""
         best: dict[str, float] = {}
-        for hits in self.search_many(views, n):
+        distinct = np.unique(np.asarray(views, np.float32), axis=0)  # a view may repeat another's vector
+        for hits in self.search_many(distinct, n):
             for iid, score in hits:
                 best[iid] = max(score, best.get(iid, -2.0))
         return sorted(best.items(), key=lambda h: h[1], reverse=True)[:n]

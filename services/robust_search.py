@@ -37,7 +37,7 @@ LAYOUT_SIDE = 16
 LAYOUT_VIEWS = (1.0, 0.85, 0.7, 0.5)  # centre fractions of the model input square
 LAYOUT_BONUS = 0.7
 LAYOUT_THRESHOLD = 0.7
-SHORTLIST = 100
+SHORTLIST = 30
 FILL_TOLERANCE = 24  # max channel difference from the fill colour (JPEG noise)
 MAX_ANGLE_SPREAD = 1.0  # degrees between the corners that vote for one rotation
 
