@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--model-base", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument("--batch-timeout-ms", type=float, default=0.0)
     args = parser.parse_args()
 
     from model_export.export import export_model

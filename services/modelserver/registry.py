@@ -68,7 +68,7 @@ def load_servable(name: str, version_dir: Path, max_batch: int, timeout_s: float
 
 
 class ModelRegistry:
-    def __init__(self, base: Path, max_batch: int = 32, batch_timeout_s: float = 0.002):
+    def __init__(self, base: Path, max_batch: int = 32, batch_timeout_s: float = 0.0):
         self.base = Path(base)
         self.max_batch = max_batch
         self.batch_timeout_s = batch_timeout_s
