@@ -266,7 +266,9 @@ class Searcher:
         """The n best images for any of several query vectors (one view of the index): each
         image with its best cosine over the views, best first."""
         best: dict[str, float] = {}
-        distinct = np.unique(np.asarray(views, np.float32), axis=0)  # a view may repeat another's vector
+        views = np.asarray(views, np.float32)
+        # A view may repeat another's vector (the mirror view reuses the first): search it once.
+        distinct = [v for i, v in enumerate(views) if not any(np.array_equal(v, w) for w in views[:i])]
         for hits in self.search_many(distinct, n):
             for iid, score in hits:
                 best[iid] = max(score, best.get(iid, -2.0))

@@ -74,14 +74,16 @@ def _layouts(arrays: np.ndarray, fractions, side: int) -> np.ndarray:
 def query_views(image: Image.Image) -> list[Image.Image]:
     """The images a query is seen as: first itself (de-rotated if it looks rotated), then its
     mirror image and, if it has uniform borders, itself without them."""
+    base, trimmed = _base_and_trimmed(image)
+    return [base, ImageOps.mirror(base)] + ([trimmed] if trimmed is not None else [])
+
+
+def _base_and_trimmed(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     image = images.to_rgb(image)
     angle = estimate_rotation(image)
     base = derotate(image, angle) if angle else image
-    views = [base, ImageOps.mirror(base)]
     trimmed = trim_borders(base)
-    if trimmed is not base:
-        views.append(trimmed)
-    return views
+    return base, (trimmed if trimmed is not base else None)
 
 
 def query_embeddings(client, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +94,9 @@ def query_embeddings(client, image: Image.Image) -> tuple[np.ndarray, np.ndarray
     first view's embedding and brings only its layout, the part that does change. That keeps the
     model call at one image for most queries (docs/quality.md measures both ways)."""
     size = client.info().input_size[0]
-    views = query_views(image)
-    first = images.prepare(views[0], size)
-    arrays = np.stack([first, first[:, ::-1]] + [images.prepare(v, size) for v in views[2:]])
+    base, trimmed = _base_and_trimmed(image)
+    first = images.prepare(base, size)
+    arrays = np.stack([first, first[:, ::-1]] + ([images.prepare(trimmed, size)] if trimmed is not None else []))
     embedded = client.embed(arrays[[0, *range(2, len(arrays))]])
     return np.concatenate([embedded[:1], embedded[:1], embedded[1:]]), layout(arrays)
 
@@ -203,12 +205,13 @@ def derotate(image: Image.Image, angle: float) -> Image.Image:
 def trim_borders(image: Image.Image, tolerance: int = FILL_TOLERANCE) -> Image.Image:
     """The image without uniform rows and columns at its edges (a frame, letterboxing); the same
     object when there are none or when trimming would leave almost nothing."""
-    a = np.asarray(images.to_rgb(image)).astype(np.int16)
+    a = np.asarray(images.to_rgb(image))
     h, w = a.shape[:2]
 
     def run(lines: np.ndarray, fill: np.ndarray) -> int:
-        for n, line in enumerate(lines):
-            if np.abs(line - fill).max() > tolerance:
+        fill = fill.astype(np.int16)
+        for n, line in enumerate(lines):  # line by line: most images stop at the first
+            if np.abs(line.astype(np.int16) - fill).max() > tolerance:
                 return n
         return len(lines)
 
