@@ -1,16 +1,21 @@
 """Celery tasks: thin wrappers over `worker.ingest` and `services.index`.
 
 Tasks get ids, paths and URLs, never image bytes. Everything is idempotent, so tasks are acked
-late and retried with backoff on what can heal (model server or Redis unavailable); bad input
-fails its item at once and is reported in the job.
+late; a model server that is down is retried with backoff, a Redis that is down makes the task's
+own message come back (see `_redeliver_when_redis_is_down`); bad input fails its item at once and
+is reported in the job.
 """
 from __future__ import annotations
 
+import functools
 import shutil
+import time
 from pathlib import Path
 
+import kombu.exceptions
 import redis
 from celery import shared_task
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 
@@ -22,7 +27,9 @@ from worker.celery_app import INDEX_QUEUE
 from worker.ingest import Item, ingest_chunk
 
 logger = get_task_logger(__name__)
-TRANSIENT = (ModelServerUnavailable, redis.ConnectionError, redis.TimeoutError, ConnectionError)
+TRANSIENT = (ModelServerUnavailable,)
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
+REDIS_BACKOFF_S = 2.0
 # Fresh items are searchable at once by exact search; past this many, fold them into Annoy.
 REBUILD_AFTER_PENDING = 2000
 
@@ -32,8 +39,24 @@ def _fresh_resources(**_):
     context.reset()
 
 
+def _redeliver_when_redis_is_down(run):
+    """Redis errors must not go through Celery's retry: a retry publishes a new message, which
+    fails while Redis is down, and the failed publish then rejects the original message for good
+    (a lost chunk, a job that never ends). Instead the original message is requeued, or, when Redis
+    cannot take even that, stays unacknowledged and comes back after the visibility timeout."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            time.sleep(REDIS_BACKOFF_S)  # no hot loop of redeliveries while Redis restarts
+            raise Reject(exc, requeue=True) from exc
+    return wrapper
+
+
 @shared_task(bind=True, name="worker.tasks.ingest", acks_late=True, autoretry_for=TRANSIENT,
              retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=10)
+@_redeliver_when_redis_is_down
 def ingest(self, job_id: str, items: list[dict]) -> dict:
     ctx = context.get_context()
     try:
@@ -69,6 +92,7 @@ def enqueue_build(store, model_key: str) -> None:
 
 @shared_task(bind=True, name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,
              retry_backoff=2, max_retries=10)
+@_redeliver_when_redis_is_down
 def build_index(self, model_key: str) -> list[dict]:
     ctx = context.get_context()
     s = ctx.settings
@@ -89,6 +113,7 @@ def build_index(self, model_key: str) -> list[dict]:
 
 @shared_task(name="worker.tasks.start_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2,
              max_retries=10)
+@_redeliver_when_redis_is_down
 def start_job(job_id: str, spec: dict) -> int:
     """Lists the job's items, records the total and enqueues them in chunks; returns the total."""
     ctx = context.get_context()
