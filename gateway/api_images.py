@@ -11,12 +11,11 @@ from gateway.auth import require_token
 from gateway.errors import ApiError
 from gateway.inputs import json_body, optional_label, uploaded_files, url_list
 from services import files
-from services.images import ALLOWED_FORMATS, ImageError, decode, sniff_format, thumbnail_jpeg
+from services.images import ALLOWED_FORMATS, ImageError, sniff_format
 from services.store import image_id as hash_id
 from worker.jobs import request_rebuild, submit_job
 
 bp = Blueprint("images", __name__, url_prefix="/api/v1/images")
-THUMBNAIL_SIDE = 256
 _ID = re.compile(r"[0-9a-f]{64}")
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
          "BMP": "image/bmp", "TIFF": "image/tiff"}
@@ -84,16 +83,10 @@ def _send(path, mimetype: str):
 
 @bp.get("/<image_id>/thumbnail")
 def thumbnail(image_id: str):
-    """Made from the original on first request and kept: indexing does not pay for thumbnails
-    that nobody looks at."""
-    data_dir = resources.get().settings.data_dir
-    path = files.thumbnail_path(data_dir, checked_id(image_id))
-    original = files.original_path(data_dir, image_id)
-    if not path.exists() and original.exists():
-        try:
-            files.write_atomic(path, thumbnail_jpeg(decode(original.read_bytes(), draft_for=THUMBNAIL_SIDE)))
-        except ImageError:
-            raise ApiError(404, "not_found", "this image's original cannot be decoded any more") from None
+    try:
+        path = files.ensure_thumbnail(resources.get().settings.data_dir, checked_id(image_id))
+    except ImageError:
+        raise ApiError(404, "not_found", "this image's original cannot be decoded any more") from None
     return _send(path, "image/jpeg")
 
 

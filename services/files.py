@@ -1,7 +1,7 @@
 """Originals and thumbnails in the data directory, addressed by image id.
 
     <data_dir>/originals/<id[:2]>/<id>        the bytes as received
-    <data_dir>/thumbnails/<id[:2]>/<id>.jpg   at most 256 px on the long side
+    <data_dir>/thumbnails/<id[:2]>/<id>.jpg   at most 256 px on the long side, made on first use
     <data_dir>/incoming/                      uploads and archives waiting for their job
 
 Writes go to a temp file and are renamed into place, so a reader never sees half a file and a
@@ -13,6 +13,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from services import images
+
+THUMBNAIL_SIDE = 256
+
 
 def original_path(data_dir: Path, image_id: str) -> Path:
     return Path(data_dir) / "originals" / image_id[:2] / image_id
@@ -20,6 +24,16 @@ def original_path(data_dir: Path, image_id: str) -> Path:
 
 def thumbnail_path(data_dir: Path, image_id: str) -> Path:
     return Path(data_dir) / "thumbnails" / image_id[:2] / f"{image_id}.jpg"
+
+
+def ensure_thumbnail(data_dir: Path, image_id: str, side: int = THUMBNAIL_SIDE) -> Path:
+    """The thumbnail's path, made from the original on first use and kept: indexing does not pay
+    for thumbnails nobody looks at. Raises images.ImageError if the original no longer decodes."""
+    path = thumbnail_path(data_dir, image_id)
+    original = original_path(data_dir, image_id)
+    if not path.exists() and original.exists():
+        write_atomic(path, images.thumbnail_jpeg(images.decode(original.read_bytes(), draft_for=side), side))
+    return path
 
 
 def incoming_dir(data_dir: Path) -> Path:

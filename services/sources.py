@@ -136,6 +136,12 @@ def fetch_url(url: str, *, max_bytes: int = Settings.max_upload_mb * MIB, timeou
     raise SourceError("too_many_redirects", f"more than {max_redirects} redirects")
 
 
+def fetch_with_settings(url: str, settings: Settings) -> bytes:
+    """fetch_url under the deployment's limits: upload size, total time, private addresses."""
+    return fetch_url(url, max_bytes=settings.max_upload_mb * MIB, timeout_s=settings.url_timeout_s,
+                     allow_private=settings.allow_private_urls).content
+
+
 class _Target(NamedTuple):
     scheme: str
     hostname: str  # ASCII (IDNA) form

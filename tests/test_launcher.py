@@ -67,6 +67,11 @@ def test_up_serves_restarts_dead_roles_and_stops_cleanly(up, photos):
     assert image_id(photos[2].read_bytes())[:12] in found.stdout.splitlines()[1]
     with Image.open(cwd / "row.png") as row:
         assert row.size[0] > 3 * 160
+    # without the gateway: the same answer, and thumbnails made for results nobody viewed yet
+    local = vsearch("search", "--local", "--img-file", str(cwd / "copy.jpg"), "-k", "8", "--out",
+                    str(cwd / "row-local.png"), env=env, cwd=cwd)
+    assert local.returncode == 0, local.stderr
+    assert image_id(photos[2].read_bytes())[:12] in local.stdout.splitlines()[1]
 
     # kill a worker and the model server: both come back and the system works again
     log = (cwd / "up.log").read_text()
