@@ -12,7 +12,7 @@ from gateway.inputs import image_error, json_body, parse_k, source_error, upload
 from gateway.metrics import SEARCH_SECONDS
 from services import robust_search
 from services.images import ImageError, decode
-from services.sources import SourceError, fetch_url
+from services.sources import SourceError, fetch_with_settings
 from services.tfs_client import ModelServerError, ModelServerUnavailable
 from worker.jobs import request_rebuild
 
@@ -47,18 +47,16 @@ def query_hits(res, body: dict, k: int) -> tuple[list[tuple[str, float, float]],
         return _copies(res, embed_views(res, files[0][1]), k), "upload"
     if "image_id" in body:
         image_id = body["image_id"]
-        found, vectors = res.store.get_vectors(res.model_key, [str(image_id)])
-        if not found:
-            raise ApiError(404, "not_found", f"no indexed image {image_id!r}")
-        # The query is an indexed image itself: its neighbours by cosine.
-        return [(i, s, s) for i, s in res.searcher.search(vectors[0], k)], "image_id"
+        try:  # the query is an indexed image itself: its neighbours by cosine
+            hits = res.searcher.search_by_id(str(image_id), k)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no indexed image {image_id!r}") from None
+        return [(i, s, s) for i, s in hits], "image_id"
     if "url" in body:
         if not isinstance(body["url"], str):
             raise ApiError(400, "bad_url", "url must be a string")
-        s = res.settings
         try:
-            data = fetch_url(body["url"], max_bytes=s.max_upload_mb * 1024 * 1024, timeout_s=s.url_timeout_s,
-                             allow_private=s.allow_private_urls).content
+            data = fetch_with_settings(body["url"], res.settings)
         except SourceError as exc:
             raise source_error(exc) from None
         return _copies(res, embed_views(res, data), k), "url"

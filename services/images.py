@@ -160,6 +160,7 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, *,
     # Full-resolution size, oriented (a draft decode is smaller than the original).
     w, h = size
     rgb.info["original_size"] = (h, w) if (rgb.width > rgb.height) != (w > h) and w != h else (w, h)
+    rgb.info["source_format"] = fmt
     return rgb
 
 

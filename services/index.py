@@ -374,7 +374,13 @@ def find_near_duplicate(searcher: Searcher, vector, threshold: float,
                         exclude: str | None = None) -> tuple[str, float] | None:
     """The most similar indexed image if its cosine similarity reaches threshold (`exclude`: the
     image's own id, when its vector is already stored)."""
-    for iid, score in searcher.search(vector, k=2):
+    return near_duplicate(searcher.search(vector, k=2), threshold, exclude)
+
+
+def near_duplicate(hits: list[tuple[str, float]], threshold: float,
+                   exclude: str | None = None) -> tuple[str, float] | None:
+    """Among search hits (best first): the best one other than `exclude`, if it reaches threshold."""
+    for iid, score in hits:
         if iid != exclude:
             return (iid, score) if score >= threshold else None
     return None

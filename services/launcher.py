@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,6 +22,7 @@ import redis
 import requests
 
 from services.config import PREFIX, Settings
+from services.modelserver.process import free_port
 
 log = logging.getLogger("vsearch.up")
 
@@ -89,13 +90,13 @@ class Launcher:
         parsed = urlparse(self.settings.redis_url)
         port = parsed.port or 6379
         if parsed.hostname not in ("127.0.0.1", "localhost") or _port_open("127.0.0.1", port):
-            port = _free_port()
+            port = free_port()
         data = self.var_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         self._add(Role("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
                                  "--appendonly", "yes", "--save", ""]))
         url = f"redis://127.0.0.1:{port}/{(parsed.path or '/0').lstrip('/') or 0}"
-        self.settings = _replace(self.settings, redis_url=url)
+        self.settings = replace(self.settings, redis_url=url)
         self._spawn(self.roles[-1])
         _wait(lambda: _redis_alive(url), 15, "embedded Redis")
         log.info("no Redis was reachable: started an embedded one at %s (data in %s)", url, data)
@@ -170,17 +171,6 @@ class Launcher:
                 role.proc.kill()
                 role.proc.wait()
         log.info("stopped")
-
-
-def _replace(settings: Settings, **changes) -> Settings:
-    from dataclasses import replace
-    return replace(settings, **changes)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout_s: float, what: str, tick=lambda: None) -> None:

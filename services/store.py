@@ -216,10 +216,7 @@ class Store:
     # -- images ---------------------------------------------------------------------------
     def create_image(self, image_id: str, **meta) -> bool:
         """Create the record; False (nothing changed) if it exists and is not deleted."""
-        meta = {"status": "pending", "created_at": time.time()} | meta
-        fields = {k: v for k, v in meta.items() if v is not None}
-        args = [image_id, *_pairs(fields)]
-        return bool(self._create_image(keys=[self.key("image", image_id), self.key("deleted")], args=args))
+        return self.create_images([(image_id, meta)])[0]
 
     def create_images(self, records: list[tuple[str, dict]]) -> list[bool]:
         """create_image for many (image_id, meta) pairs in one round trip."""
@@ -391,14 +388,11 @@ class Store:
                      max_errors: int = MAX_JOB_ERRORS) -> bool:
         """Count an item's outcome. With `item`, a retried item is counted once: returns False
         (and changes nothing) the second time. `error` is recorded as {"item", "error"}."""
-        err = "" if error is None else json.dumps({"item": item, "error": error})
-        args = [item or "", done, failed, duplicates, near_duplicates, err, max_errors, time.time(), JOB_TTL_S]
-        result = self._job_progress(keys=self._job_keys(job_id), args=args)
-        if result < 0:
-            raise KeyError(job_id)
-        return bool(result)
+        update = {"item": item, "done": done, "failed": failed, "error": error, "duplicates": duplicates,
+                  "near_duplicates": near_duplicates}
+        return self.job_progress_many(job_id, [update], max_errors)[0]
 
-    def job_progress_many(self, job_id: str, updates: list[dict]) -> list[bool]:
+    def job_progress_many(self, job_id: str, updates: list[dict], max_errors: int = MAX_JOB_ERRORS) -> list[bool]:
         """job_progress for many items (each a dict of its keyword arguments) in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
@@ -406,7 +400,7 @@ class Store:
             item, error = u.get("item"), u.get("error")
             err = "" if error is None else json.dumps({"item": item, "error": error})
             args = [item or "", u.get("done", 0), u.get("failed", 0), u.get("duplicates", 0),
-                    u.get("near_duplicates", 0), err, MAX_JOB_ERRORS, now, JOB_TTL_S]
+                    u.get("near_duplicates", 0), err, max_errors, now, JOB_TTL_S]
             self._job_progress(keys=self._job_keys(job_id), args=args, client=pipe)
         results = pipe.execute()
         if any(r < 0 for r in results):

@@ -19,7 +19,8 @@ import numpy as np
 
 from services import files, images, robust_search
 from services.context import Context
-from services.sources import SourceError, fetch_url
+from services.index import near_duplicate
+from services.sources import SourceError, fetch_with_settings
 from services.store import image_id
 from worker.metrics import BATCH_IMAGES, MODEL_SECONDS
 
@@ -49,9 +50,7 @@ class _Decoded:
 
 def read_bytes(ctx: Context, item: Item) -> bytes:
     if item.url:
-        s = ctx.settings
-        return fetch_url(item.url, max_bytes=s.max_upload_mb * 1024 * 1024, timeout_s=s.url_timeout_s,
-                         allow_private=s.allow_private_urls).content
+        return fetch_with_settings(item.url, ctx.settings)
     return Path(item.path).read_bytes()
 
 
@@ -66,7 +65,7 @@ def _decode(ctx: Context, item: Item, size: int) -> _Decoded | dict:
     files.write_atomic(files.original_path(ctx.settings.data_dir, iid), data)
     width, height = image.info["original_size"]
     meta = {"source": item.source, "label": item.label, "width": width, "height": height,
-            "format": images.sniff_format(data), "size_bytes": len(data)}
+            "format": image.info["source_format"], "size_bytes": len(data)}
     return _Decoded(item, iid, images.prepare(image, size), meta)
 
 
@@ -107,7 +106,8 @@ def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray) -
     threshold = ctx.settings.near_duplicate_threshold
     found = []
     for i, hits in enumerate(ctx.searcher.search_many(vectors, k=2)):
-        match = next((h for h, score in hits if h != ready[i].image_id and score >= threshold), None)
+        found_one = near_duplicate(hits, threshold, exclude=ready[i].image_id)
+        match = found_one[0] if found_one else None
         if match is None and i:
             scores = vectors[:i] @ vectors[i]
             j = int(np.argmax(scores))

@@ -5,6 +5,7 @@ import uuid
 
 from celery import Celery
 
+from services.index import request_build
 from services.store import Store
 
 KINDS = ("items", "urls", "directory", "archive")
@@ -22,7 +23,6 @@ def submit_job(app: Celery, store: Store, spec: dict, total: int | None = None) 
 
 def request_rebuild(app: Celery, store: Store, model_key: str) -> bool:
     """Asks for an index build; False when one is running (it will fold this request in)."""
-    from services.index import request_build
     if request_build(store, model_key):
         app.send_task("worker.tasks.build_index", args=[model_key])
         return True

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import kombu.exceptions
 import redis
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
@@ -23,8 +23,8 @@ from services import sources
 from services.index import request_build, run_coalesced_build
 from services.tfs_client import ModelServerError, ModelServerUnavailable
 from services import context
-from worker.celery_app import INDEX_QUEUE
 from worker.ingest import Item, ingest_chunk
+from worker.jobs import request_rebuild
 
 logger = get_task_logger(__name__)
 TRANSIENT = (ModelServerUnavailable,)
@@ -82,12 +82,7 @@ def _maybe_rebuild(ctx, job_id: str) -> None:
     job = ctx.store.get_job(job_id)
     finished = job is not None and job["state"] in ("done", "failed")
     if finished or ctx.store.pending_count(ctx.model_key) >= REBUILD_AFTER_PENDING:
-        enqueue_build(ctx.store, ctx.model_key)
-
-
-def enqueue_build(store, model_key: str) -> None:
-    if request_build(store, model_key):
-        build_index.apply_async(args=[model_key], queue=INDEX_QUEUE)
+        request_rebuild(current_app, ctx.store, ctx.model_key)
 
 
 @shared_task(bind=True, name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,

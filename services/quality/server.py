@@ -2,11 +2,10 @@
 missing and runs `vsearch model-server` on a free loopback port for the duration."""
 from __future__ import annotations
 
-import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.modelserver.process import running_model_server
+from services.modelserver.process import free_port, running_model_server
 
 
 def ensure_model(model_base: Path, model: str = "effnet_lite0") -> None:
@@ -18,15 +17,9 @@ def ensure_model(model_base: Path, model: str = "effnet_lite0") -> None:
     export_model(model=model, out=model_base, version=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def local_model_server(model_base: Path, model: str = "effnet_lite0"):
     """Yields the target (host:port) of a model server serving model_base."""
     ensure_model(Path(model_base), model)
-    with running_model_server(Path(model_base), _free_port()) as target:
+    with running_model_server(Path(model_base), free_port()) as target:
         yield target
