@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,27 +39,9 @@ from tests.workers import (
 )
 from worker.celery_app import make_celery
 from worker.jobs import submit_job
+from benchmarks.indexing import make_set
 
 MODEL_KEY = "effnet_lite0:1"
-
-
-def make_images(root: Path, count: int) -> list[Path]:
-    """`count` distinct JPEGs of about 300x250 (Caltech size) from the real photos."""
-    rng = random.Random(0)
-    photos = [Image.open(p).convert("RGB") for p in imagenet_photos()]
-    paths = []
-    for i in range(count):
-        im = photos[i % len(photos)]
-        w, h = im.size
-        crop = rng.uniform(0.7, 1.0)
-        left, top = rng.randint(0, int(w * (1 - crop))), rng.randint(0, int(h * (1 - crop)))
-        im = im.crop((left, top, left + int(w * crop), top + int(h * crop))).resize((300, 250))
-        im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.85, 1.15))
-        folder = root / f"class_{i % len(photos):02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        paths.append(folder / f"img_{i:05d}.jpg")
-        im.save(paths[-1], quality=85)
-    return paths
 
 
 def run_phase(base: str, clients: int, seconds: float, uploads: list[bytes], ids: list[str]) -> dict:
@@ -132,7 +112,7 @@ def main() -> None:
         seed.mkdir()
         for p in photos:
             (seed / p.name).write_bytes(p.read_bytes())
-        paths = make_images(tmp / "bulk", args.images)
+        paths = make_set(tmp / "bulk", args.images, (300, 250), 85)  # Caltech-sized photos
         worker.wait_ready()
         gw_port = free_port()
         gateway = subprocess.Popen(

@@ -5,20 +5,18 @@ by `vsearch model-server` in a subprocess, as in production.
 """
 from __future__ import annotations
 
-import socket
+import contextlib
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
 
-from services.modelserver.process import start_model_server, stop_process, wait_for_model_server  # noqa: F401
+from services.modelserver.process import (  # noqa: F401  (tests import these from here)
+    free_port, start_model_server, stop_process, wait_for_model_server,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def imagenet_photos() -> list[Path]:
@@ -29,6 +27,31 @@ def imagenet_photos() -> list[Path]:
 
 def imagenet_label(path: Path) -> int:
     return int(path.stem.rsplit("_", 1)[1])
+
+
+@contextlib.contextmanager
+def serving_image(data: bytes, path: str = "/copy.jpg"):
+    """Serves `data` as a JPEG over HTTP on 127.0.0.1 (any path answers); yields the URL of `path`."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}{path}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @pytest.fixture

@@ -7,13 +7,11 @@ docs/img/web-search.png from the run.
 """
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -23,7 +21,7 @@ from werkzeug.serving import make_server
 from gateway import create_app
 from services import transforms
 from services.store import Store, image_id
-from tests.conftest import ROOT, imagenet_label
+from tests.conftest import ROOT, imagenet_label, serving_image
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -118,28 +116,8 @@ def served(tmp_path, model_server, photos):
 @pytest.fixture
 def image_server(photos):
     """Serves a mirrored copy of photos[6] over HTTP on 127.0.0.1, for search by URL."""
-    data = transforms.to_jpeg_bytes(transforms.mirror(open_rgb(photos[6])))
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/copy.jpg"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving_image(transforms.to_jpeg_bytes(transforms.mirror(open_rgb(photos[6])))) as url:
+        yield url
 
 
 def wait_until(condition, timeout_s: float = 20, what: str = "condition"):

@@ -1,9 +1,7 @@
 """The gateway for real: Flask app against Redis, a Celery worker process and the model server."""
 from __future__ import annotations
 
-import http.server
 import io
-import threading
 from dataclasses import replace
 
 import pytest
@@ -12,7 +10,7 @@ from PIL import Image
 from gateway import create_app
 from services import transforms
 from services.store import Store, image_id
-from tests.conftest import free_port, imagenet_label
+from tests.conftest import free_port, imagenet_label, serving_image
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
 
 TOKEN = "s3cret-token"
@@ -78,24 +76,8 @@ def test_search_by_image_id_and_by_url(client, photos):
     by_id = client.post("/api/v1/search", json={"image_id": iid, "k": 3}).json
     assert by_id["results"][0]["id"] == iid and by_id["results"][0]["score"] > 0.999
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            data = transforms.to_jpeg_bytes(transforms.mirror(open_rgb(photos[5])))
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        by_url = client.post("/api/v1/search", json={"url": f"http://127.0.0.1:{server.server_port}/x.jpg"})
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_image(transforms.to_jpeg_bytes(transforms.mirror(open_rgb(photos[5])))) as url:
+        by_url = client.post("/api/v1/search", json={"url": url})
     assert by_url.status_code == 200 and by_url.json["results"][0]["id"] == iid
 
 
