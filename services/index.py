@@ -253,23 +253,29 @@ class Searcher:
         view = self._refresh()
         return self._search(view, q / norm, k)
 
-    def search_many(self, vectors, k: int = 10) -> list[list[tuple[str, float]]]:
-        """search() for each row of a matrix, against one view of the index."""
+    def search_many(self, vectors, k: int = 10, effort_k: int | None = None) -> list[list[tuple[str, float]]]:
+        """search() for each row of a matrix, against one view of the index; `effort_k`: search
+        Annoy as hard as for that many results (default k)."""
         view = self._refresh()
-        out = []
-        for q in np.asarray(vectors, dtype=np.float32):
-            norm = np.linalg.norm(q)
-            out.append(self._search(view, q / norm, k) if norm and np.isfinite(norm) else [])
-        return out
+        queries = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(queries, axis=1) if queries.size else np.zeros(len(queries))
+        valid = (norms > 0) & np.isfinite(norms)
+        queries = queries / np.where(valid, norms, 1.0)[:, None]
+        # The fresh items' scores for all queries in one product (a chunk's near-duplicate check
+        # asks 32 at once).
+        fresh = view.fresh_vecs[:view.n] @ queries.T if view.n and queries.shape[1] == view.fresh_vecs.shape[1] else None
+        return [self._search(view, q, k, effort_k, None if fresh is None else fresh[:, j]) if ok else []
+                for j, (q, ok) in enumerate(zip(queries, valid))]
 
-    def shortlist(self, views, n: int) -> list[tuple[str, float]]:
+    def shortlist(self, views, n: int, effort_k: int | None = None) -> list[tuple[str, float]]:
         """The n best images for any of several query vectors (one view of the index): each
-        image with its best cosine over the views, best first."""
+        image with its best cosine over the views, best first. A shortlist that only feeds a
+        re-rank for k results can pass `effort_k=k`: its tail then costs no extra Annoy work."""
         best: dict[str, float] = {}
         views = np.asarray(views, np.float32)
         # A view may repeat another's vector (the mirror view reuses the first): search it once.
         distinct = [v for i, v in enumerate(views) if not any(np.array_equal(v, w) for w in views[:i])]
-        for hits in self.search_many(distinct, n):
+        for hits in self.search_many(distinct, n, effort_k):
             for iid, score in hits:
                 best[iid] = max(score, best.get(iid, -2.0))
         return sorted(best.items(), key=lambda h: h[1], reverse=True)[:n]
@@ -291,7 +297,8 @@ class Searcher:
         return {"version": view.index.version, "count": view.index.count, "built_at": view.index.built_at,
                 "fresh": view.n, "deleted_pending": len(view.deleted), "error": self.last_error}
 
-    def _search(self, view: _View, q: np.ndarray, k: int) -> list[tuple[str, float]]:
+    def _search(self, view: _View, q: np.ndarray, k: int, effort_k: int | None = None,
+                fresh_scores: np.ndarray | None = None) -> list[tuple[str, float]]:
         idx = view.index
         for dim in (idx.dim if idx.count else 0, view.fresh_vecs.shape[1] if view.n else 0):
             if dim and dim != q.size:
@@ -299,13 +306,13 @@ class Searcher:
         fetch = k + len(view.deleted)  # deleted ids are dropped after the fact: over-fetch
         best: dict[str, float] = {}
         if idx.count:
-            search_k = idx.n_trees * max(k, 10) * self.search_k_factor + fetch
+            search_k = idx.n_trees * max(effort_k or k, 10) * self.search_k_factor + fetch
             items, dists = idx.ann.get_nns_by_vector(q, min(fetch, idx.count), search_k=search_k,
                                                      include_distances=True)
             for i, d in zip(items, dists):
                 best[idx.ids[i]] = 1.0 - d * d / 2.0  # angular distance is sqrt(2 - 2 cos)
         if view.n:
-            scores = view.fresh_vecs[:view.n] @ q
+            scores = view.fresh_vecs[:view.n] @ q if fresh_scores is None else fresh_scores
             top = np.argpartition(-scores, fetch - 1)[:fetch] if view.n > fetch else range(view.n)
             for j in top:
                 iid, s = view.fresh_ids[j], float(scores[j])

@@ -125,11 +125,11 @@ def search_copies(searcher, store, model_key: str, q_emb: np.ndarray, q_layouts:
     """The service's query path: [(image id, cosine of the view that ranked it, ranking score)], best
     first. Step 1 is the index (Annoy plus fresh items, deletions filtered), step 2 `rerank_scores`
     over the shortlist's stored vectors and layouts."""
-    candidates = searcher.shortlist(q_emb, max(k, shortlist))
-    ids, emb = store.get_vectors(model_key, [i for i, _ in candidates])
+    candidates = searcher.shortlist(q_emb, max(k, shortlist), effort_k=k)
+    ids, emb, layouts = store.get_vectors_and_layouts(model_key, [i for i, _ in candidates],
+                                                      (len(LAYOUT_VIEWS), LAYOUT_SIDE * LAYOUT_SIDE))
     if not ids:
         return []
-    layouts = store.get_layouts(model_key, ids, (len(LAYOUT_VIEWS), LAYOUT_SIDE * LAYOUT_SIDE))
     scores, cosine = _rerank(q_emb, q_layouts, emb, layouts)
     order = np.argsort(-scores, kind="stable")[:k]
     return [(ids[j], float(min(1.0, cosine[j])), float(scores[j])) for j in order]
@@ -168,23 +168,37 @@ def _corner_ratio(a: np.ndarray, tolerance: int) -> float | None:
     over its horizontal one, from a line fitted to the fill run of each row; None if no clean
     triangle is there."""
     h, w = a.shape[:2]
-    fill = a[0, 0].astype(np.int16)
-    ys, runs = [], []
-    for y in range(0, h, max(1, h // 200)):
-        bad = np.flatnonzero(np.abs(a[y].astype(np.int16) - fill).max(axis=-1) > tolerance)
-        run = int(bad[0]) if bad.size else w
-        if run <= 2:
+    step = max(1, h // 200)
+    rows = a[::step]
+    # The fill run of each sampled row, down to the first row where it (nearly) vanishes. Most
+    # photos end within the first few rows: measure blocks of rows, doubling, until one ends.
+    blocks, start, size = [], 0, 8
+    while start < len(rows):
+        blocks.append(_fill_runs(rows[start:start + size], a[0, 0], tolerance))
+        if (blocks[-1] <= 2).any():
             break
-        if 0.03 * w < run < 0.97 * w:
-            ys.append(y)
-            runs.append(run)
+        start, size = start + size, size * 2
+    runs = np.concatenate(blocks)
+    end = np.flatnonzero(runs <= 2)
+    runs = runs[:end[0]] if end.size else runs
+    ys = np.arange(len(runs), dtype=float) * step
+    inside = (0.03 * w < runs) & (runs < 0.97 * w)
+    ys, runs = ys[inside], runs[inside].astype(float)
     if len(ys) < 5:
         return None
-    ys, runs = np.asarray(ys, float), np.asarray(runs, float)
     slope, intercept = np.polyfit(ys, runs, 1)
     if slope >= -1e-3 or np.abs(runs - (slope * ys + intercept)).max() > 0.02 * w + 3:
         return None
     return -1.0 / slope
+
+
+def _fill_runs(rows: np.ndarray, fill: np.ndarray, tolerance: int) -> np.ndarray:
+    """[R] for rows [R, W, 3]: how many pixels from the left of each row match `fill`."""
+    lo = np.clip(fill.astype(int) - tolerance, 0, 255).astype(np.uint8)
+    hi = np.clip(fill.astype(int) + tolerance, 0, 255).astype(np.uint8)
+    off = ((rows < lo) | (rows > hi)).reshape(len(rows), -1)  # [R, W*3]: channel values off the fill
+    first = off.argmax(axis=1)
+    return np.where(off[np.arange(len(rows)), first], first // rows.shape[2], rows.shape[1])
 
 
 def derotate(image: Image.Image, angle: float) -> Image.Image:

@@ -299,14 +299,21 @@ class Store:
         self.redis.hset(self.key("layouts", model_key),
                         mapping={iid: blob.tobytes() for iid, blob in zip(image_ids, blobs)})
 
-    def get_layouts(self, model_key: str, image_ids: list[str], shape: tuple[int, int]) -> np.ndarray:
-        """[N, *shape] float32 in the order asked; zeros where none is stored (then no layout bonus)."""
-        out = np.zeros((len(image_ids), *shape), np.float32)
-        blobs = self.redis.hmget(self.key("layouts", model_key), image_ids) if image_ids else []
-        for i, blob in enumerate(blobs):
+    def get_vectors_and_layouts(self, model_key: str, image_ids: list[str], shape: tuple[int, int]
+                                ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """get_vectors() plus each found image's layouts [N, *shape] float32 (zeros where none is
+        stored: then no layout bonus), in one round trip: a query's re-rank reads both."""
+        if not image_ids:
+            return [], _to_matrix([]), np.zeros((0, *shape), np.float32)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.key("vectors", model_key), image_ids).hmget(self.key("layouts", model_key), image_ids)
+        vectors, layouts = pipe.execute()
+        found = [(i, v, lay) for i, v, lay in zip(image_ids, vectors, layouts) if v is not None]
+        out = np.zeros((len(found), *shape), np.float32)
+        for row, (_, _, blob) in enumerate(found):
             if blob is not None:
-                out[i] = np.frombuffer(blob, np.float16).reshape(shape)
-        return out
+                out[row] = np.frombuffer(blob, np.float16).reshape(shape)
+        return [i for i, _, _ in found], _to_matrix([v for _, v, _ in found]), out
 
     def iter_vectors(self, model_key: str, batch: int = 1000) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every vector of model_key, in chunks, without holding them all in Redis' reply."""

@@ -213,7 +213,7 @@ def test_exif_orientation_survives_the_draft_path():
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
-    assert decode(data, draft_for=64).size == (250, 500)  # drafted at 1/4, then rotated
+    assert decode(data, draft_for=64).size == (125, 250)  # drafted at 1/8, then rotated
     out = load_for_model(data, 64).astype(int)
     assert np.abs(out[:, :28] - (0, 0, 255)).max() <= 10
     assert np.abs(out[:, 36:] - RED).max() <= 10
@@ -349,7 +349,7 @@ def test_prepare_composites_transparency():
 
 def test_draft_path_matches_a_full_decode(camera_jpeg):
     drafted = decode(camera_jpeg, draft_for=224)
-    assert drafted.size == (1000, 750)  # 1/4 scale: short side 750 >= 2 x 224
+    assert drafted.size == (500, 375)  # 1/8 scale: short side 375 >= 224
     fast = load_for_model(camera_jpeg, 224)
     assert np.array_equal(fast, prepare(drafted, 224))  # the one definition both sides share
     full = prepare(decode(camera_jpeg), 224)

@@ -72,6 +72,21 @@ def test_update_image(store):
     assert store.get_image("a")["status"] == "deleted"
 
 
+def test_vectors_and_layouts_come_together_in_the_order_asked(store):
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 3)
+    store.create_images([(i, {}) for i in "abc"])
+    store.put_vectors(MODEL, list("abc"), vectors)
+    layouts = rng.standard_normal((2, 4, 256)).astype(np.float16)
+    store.put_layouts(MODEL, ["c", "a"], layouts)  # "b" has none
+    ids, m, lay = store.get_vectors_and_layouts(MODEL, ["c", "missing", "b", "a"], (4, 256))
+    assert ids == ["c", "b", "a"]
+    assert np.array_equal(m, vectors[[2, 1, 0]])
+    assert np.array_equal(lay[0], layouts[0].astype(np.float32)) and np.array_equal(lay[2], layouts[1].astype(np.float32))
+    assert not lay[1].any()  # no layout stored: zeros, so no layout bonus
+    assert store.get_vectors_and_layouts(MODEL, [], (4, 256))[2].shape == (0, 4, 256)
+
+
 def test_vector_write_is_atomic_and_not_duplicated(store):
     rng = np.random.default_rng(0)
     v = unit(rng, 1)[0]
