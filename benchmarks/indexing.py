@@ -12,11 +12,17 @@ For each set, in alternating rounds on the same machine:
   seed:     the seed's pipeline on the same backbone: resize every image to disk, then decode
             and embed in batches of 100, then write features .npy and a paths file.
 Needs Redis on 127.0.0.1:6379 (uses db 14 under its own key prefix, cleaned up).
+
+With --model-core N the model gets core N to itself, as in a deployment where TF Serving has its own
+machine or pod: this process (so the forward-only figure) and the model server run on core N only,
+the worker on the other cores. Then ours/forward measures how well the pipeline keeps the model
+busy, apart from how much CPU decoding takes away from it. The seed (one process) is left out.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -102,11 +108,13 @@ def seed_pipeline(forward: Forward, paths: list[Path], work: Path) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def ours(model_server: str, images_dir: Path, work: Path, concurrency: int) -> float:
+def ours(model_server: str, images_dir: Path, work: Path, concurrency: int, worker_cores: set[int] | None = None) -> float:
     settings = isolated_settings(work, model_server, redis_url="redis://127.0.0.1:6379/14",
                                  allowed_roots=(images_dir.parent.resolve(),))
     store, app = Store.from_settings(settings), make_celery(settings)
     worker = WorkerProcess(settings, work, concurrency=concurrency)
+    if worker_cores:  # set before the interpreter has started any thread: all of them inherit it
+        os.sched_setaffinity(worker.proc.pid, worker_cores)
     try:
         worker.wait_ready()
         start = time.perf_counter()
@@ -127,7 +135,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--model-base", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--model-core", type=int, help="give the model this core to itself (see above)")
     args = parser.parse_args()
+    worker_cores = None
+    if args.model_core is not None:
+        worker_cores = os.sched_getaffinity(0) - {args.model_core}
+        os.sched_setaffinity(0, {args.model_core})  # before TensorFlow sizes its thread pools
     from model_export.export import export_model
     if not (args.model_base / "effnet_lite0" / "1").exists():
         export_model(model="effnet_lite0", out=args.model_base, version=1)
@@ -146,9 +159,10 @@ def main() -> None:
                 work.mkdir()
                 results.setdefault(f"{name} forward", []).append(forward_only(forward, len(paths)))
                 results.setdefault(f"{name} ours", []).append(
-                    ours(f"127.0.0.1:{port}", paths[0].parent.parent, work, args.concurrency))
-                (work / "seed").mkdir()
-                results.setdefault(f"{name} seed", []).append(seed_pipeline(forward, paths, work / "seed"))
+                    ours(f"127.0.0.1:{port}", paths[0].parent.parent, work, args.concurrency, worker_cores))
+                if worker_cores is None:
+                    (work / "seed").mkdir()
+                    results.setdefault(f"{name} seed", []).append(seed_pipeline(forward, paths, work / "seed"))
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k.split()[1]} {v[-1]:.1f}" for k, v in results.items()
                                                            if k.startswith(name)), flush=True)
     finally:
@@ -156,7 +170,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"\n{'set':8} {'forward img/s':>14} {'ours img/s':>11} {'seed img/s':>11} {'ours/forward':>13} {'ours/seed':>10}")
     for name, paths in sets.items():
-        f, o, s = med[f"{name} forward"], med[f"{name} ours"], med[f"{name} seed"]
+        f, o, s = med[f"{name} forward"], med[f"{name} ours"], med.get(f"{name} seed", float("nan"))
         print(f"{name:8} {f:14.1f} {o:11.1f} {s:11.1f} {o / f:13.2f} {o / s:10.2f}   ({len(paths)} images)")
     print(json.dumps({k: [round(x, 1) for x in v] for k, v in results.items()}))
 

@@ -1,13 +1,14 @@
 """Search latency through the real gateway on an index of 30,000 images.
 
-    python benchmarks/search_latency.py [--n 30000] [--seconds 10]
+    python benchmarks/search_latency.py [--n 30000] [--seconds 10] [--rounds 3]
 
 A deployment of its own (Redis db 14 under a fresh prefix, `vsearch model-server`, the gateway under
 gunicorn with 2 processes x 8 threads), an index of `n` vectors: the 20 real foolbox photos indexed
 through the model, plus synthetic clustered vectors for the rest. Queries: by `image_id` (stored
 vector, no model call) and by upload of real photos (decode, resize, embed, search). 1 and 8
 concurrent clients, each with its own HTTP session; reports p50/p99 latency and throughput, and the p50
-of the handler's own `took_ms` (the rest is HTTP, gunicorn and the client).
+of the handler's own `took_ms` (the rest is HTTP, gunicorn and the client). The four cases run in
+turn, `--rounds` times; each figure is the median over the rounds.
 """
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model-base", type=Path, default=ROOT / "var" / "models")
     args = parser.parse_args()
     import tempfile
@@ -128,22 +130,28 @@ def main() -> None:
 
         for call in (by_id, by_upload):  # warm both gunicorn processes
             run_clients(call, 4, 2)
-        rows = []
-        for name, call in (("by image_id", by_id), ("by upload", by_upload)):
-            for clients in (1, 8):
+        cases = [(name, call, clients) for name, call in (("by image_id", by_id), ("by upload", by_upload))
+                 for clients in (1, 8)]
+        runs = {case[::2]: [] for case in cases}
+        for _ in range(args.rounds):  # rounds, so that drift on a shared machine hits every case alike
+            for name, call, clients in cases:
                 lat, took, errors = run_clients(call, clients, args.seconds)
-                ms = np.array(lat) * 1000
-                rows.append({"query": name, "clients": clients, "requests": len(lat), "errors": errors,
-                             "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                             "handler_p50_ms": round(float(np.percentile(took, 50)), 2),
-                             "p99_ms": round(float(np.percentile(ms, 99)), 2),
-                             "per_s": round(len(lat) / args.seconds, 1)})
-                print(rows[-1], flush=True)
-        print(f"\nindex of {args.n} images; {args.seconds:.0f} s per case")
+                runs[name, clients].append((np.array(lat) * 1000, np.array(took), errors))
+                print(name, clients, f"p50 {np.percentile(lat, 50) * 1000:.2f} ms", flush=True)
+        rows = []
+        for (name, clients), results in runs.items():
+            rows.append({"query": name, "clients": clients, "errors": sum(r[2] for r in results),
+                         "requests": sum(len(r[0]) for r in results),
+                         "p50_ms": round(float(np.median([np.percentile(r[0], 50) for r in results])), 2),
+                         "handler_p50_ms": round(float(np.median([np.percentile(r[1], 50) for r in results])), 2),
+                         "p99_ms": round(float(np.median([np.percentile(r[0], 99) for r in results])), 2),
+                         "per_s": round(float(np.median([len(r[0]) / args.seconds for r in results])), 1),
+                         "round_p50s": [round(float(np.percentile(r[0], 50)), 2) for r in results]})
+        print(f"\nindex of {args.n} images; {args.rounds} rounds of {args.seconds:.0f} s per case; medians over rounds")
         print(f"{'query':12} {'clients':>7} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} {'errors':>6} {'handler p50':>11}")
         for r in rows:
             print(f"{r['query']:12} {r['clients']:7d} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {r['per_s']:7.1f} "
-                  f"{r['errors']:6d} {r['handler_p50_ms']:11.2f}")
+                  f"{r['errors']:6d} {r['handler_p50_ms']:11.2f}   rounds' p50: {r['round_p50s']}")
         print(json.dumps(rows))
     finally:
         if gateway:
