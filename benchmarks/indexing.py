@@ -11,7 +11,8 @@ For each set, in alternating rounds on the same machine:
             `vsearch worker` process (threads) against `vsearch model-server` and Redis;
   seed:     the seed's pipeline on the same backbone: resize every image to disk, then decode
             and embed in batches of 100, then write features .npy and a paths file.
-Needs Redis on 127.0.0.1:6379 (uses db 14 under its own key prefix, cleaned up).
+Also prints the CPU time per image that the worker, the model server and Redis each spent during
+our job (from /proc). Needs Redis on 127.0.0.1:6379 (uses db 14 under its own key prefix, cleaned up).
 
 With --model-core N the model gets core N to itself, as in a deployment where TF Serving has its own
 machine or pod: this process (so the forward-only figure) and the model server run on core N only,
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import redis
 from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +110,15 @@ def seed_pipeline(forward: Forward, paths: list[Path], work: Path) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def ours(model_server: str, images_dir: Path, work: Path, concurrency: int, worker_cores: set[int] | None = None) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ours(model_server: str, images_dir: Path, work: Path, concurrency: int, worker_cores: set[int] | None = None,
+         cpu_pids: dict[str, int] | None = None, cpu_ms: dict[str, list[float]] | None = None) -> float:
+    """img/s of a directory job; with `cpu_pids`, adds each process's CPU ms per image to `cpu_ms`."""
     settings = isolated_settings(work, model_server, redis_url="redis://127.0.0.1:6379/14",
                                  allowed_roots=(images_dir.parent.resolve(),))
     store, app = Store.from_settings(settings), make_celery(settings)
@@ -117,11 +127,16 @@ def ours(model_server: str, images_dir: Path, work: Path, concurrency: int, work
         os.sched_setaffinity(worker.proc.pid, worker_cores)
     try:
         worker.wait_ready()
+        pids = {"worker": worker.proc.pid, **(cpu_pids or {})}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         start = time.perf_counter()
         job = wait_for_job(store, submit_job(app, store, {"kind": "directory", "directory": str(images_dir)}),
                            timeout_s=1800, workers=[worker])
         elapsed = time.perf_counter() - start
         assert job["done"] == job["total"] and job["failed"] == 0, job
+        if cpu_ms is not None:
+            for name, pid in pids.items():
+                cpu_ms.setdefault(name, []).append((cpu_seconds(pid) - cpu_before[name]) / job["total"] * 1000)
         return job["total"] / elapsed
     finally:
         worker.stop()
@@ -152,6 +167,9 @@ def main() -> None:
     port = free_port()
     server = start_model_server(args.model_base, port)
     results: dict[str, list[float]] = {}
+    redis_pid = redis.Redis.from_url("redis://127.0.0.1:6379/14").info("server")["process_id"]
+    cpu_pids = {"model server": server.pid, "redis": redis_pid}
+    cpu_ms: dict[str, dict[str, list[float]]] = {}
     try:
         for r in range(args.rounds):
             for name, paths in sets.items():
@@ -159,7 +177,8 @@ def main() -> None:
                 work.mkdir()
                 results.setdefault(f"{name} forward", []).append(forward_only(forward, len(paths)))
                 results.setdefault(f"{name} ours", []).append(
-                    ours(f"127.0.0.1:{port}", paths[0].parent.parent, work, args.concurrency, worker_cores))
+                    ours(f"127.0.0.1:{port}", paths[0].parent.parent, work, args.concurrency, worker_cores,
+                         cpu_pids, cpu_ms.setdefault(name, {})))
                 if worker_cores is None:
                     (work / "seed").mkdir()
                     results.setdefault(f"{name} seed", []).append(seed_pipeline(forward, paths, work / "seed"))
@@ -172,6 +191,9 @@ def main() -> None:
     for name, paths in sets.items():
         f, o, s = med[f"{name} forward"], med[f"{name} ours"], med.get(f"{name} seed", float("nan"))
         print(f"{name:8} {f:14.1f} {o:11.1f} {s:11.1f} {o / f:13.2f} {o / s:10.2f}   ({len(paths)} images)")
+    print("\nCPU ms per image during our job (median over rounds):")
+    for name, per_process in cpu_ms.items():
+        print(f"  {name}: " + ", ".join(f"{p} {statistics.median(v):.2f}" for p, v in per_process.items()))
     print(json.dumps({k: [round(x, 1) for x in v] for k, v in results.items()}))
 
 
