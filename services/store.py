@@ -242,17 +242,24 @@ class Store:
 
     def update_image(self, image_id: str, **fields) -> bool:
         """Set fields (None removes one). False if the image is deleted; KeyError if unknown."""
-        if fields.get("status") == "deleted":
-            raise ValueError("use delete_image() to delete an image")
-        if fields.get("status", "pending") not in STATUSES:
-            raise ValueError(f"unknown status {fields['status']!r}")
-        sets = {k: v for k, v in fields.items() if v is not None}
-        dels = [k for k, v in fields.items() if v is None]
-        args = [len(sets), *_pairs(sets), *dels]
-        result = self._update_image(keys=[self.key("image", image_id)], args=args)
-        if result < 0:
-            raise KeyError(image_id)
-        return bool(result)
+        return self.update_images([(image_id, fields)])[0]
+
+    def update_images(self, updates: list[tuple[str, dict]]) -> list[bool]:
+        """update_image for many (image_id, fields) pairs in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for image_id, fields in updates:
+            if fields.get("status") == "deleted":
+                raise ValueError("use delete_image() to delete an image")
+            if fields.get("status", "pending") not in STATUSES:
+                raise ValueError(f"unknown status {fields['status']!r}")
+            sets = {k: v for k, v in fields.items() if v is not None}
+            dels = [k for k, v in fields.items() if v is None]
+            self._update_image(keys=[self.key("image", image_id)], args=[len(sets), *_pairs(sets), *dels], client=pipe)
+        results = pipe.execute()
+        for (image_id, _), result in zip(updates, results):
+            if result < 0:
+                raise KeyError(image_id)
+        return [bool(r) for r in results]
 
     def delete_image(self, image_id: str) -> bool:
         """Tombstone the record and drop its vectors, layouts and log entries; False if unknown."""

@@ -72,6 +72,18 @@ def test_update_image(store):
     assert store.get_image("a")["status"] == "deleted"
 
 
+def test_update_images_sets_each_its_own_fields(store):
+    store.create_images([("a", {}), ("b", {}), ("c", {})])
+    store.delete_image("c")
+    assert store.update_images([("a", {"near_duplicate_of": "x"}), ("b", {"label": "dog"}),
+                                ("c", {"label": "cat"})]) == [True, True, False]
+    a, b, c = store.get_images(["a", "b", "c"])
+    assert (a["near_duplicate_of"], a["label"], b["near_duplicate_of"], b["label"]) == ("x", None, None, "dog")
+    assert c["label"] is None and c["status"] == "deleted"
+    with pytest.raises(KeyError, match="nope"):
+        store.update_images([("a", {"label": "x"}), ("nope", {"label": "x"})])
+
+
 def test_vectors_and_layouts_come_together_in_the_order_asked(store):
     rng = np.random.default_rng(1)
     vectors = unit(rng, 3)

@@ -124,10 +124,10 @@ def _store_vectors(ctx: Context, job_id: str, ready: list[_Decoded], vectors: np
     found = []
     for d, match in zip(ready, matches):
         if match:
-            ctx.store.update_image(d.image_id, near_duplicate_of=match)
             found.append({"item": d.item.source, "id": d.image_id, "near_duplicate_of": match})
         updates.append({"item": d.item.key, "done": 1, "near_duplicates": int(match is not None)})
     if found:
+        ctx.store.update_images([(f["id"], {"near_duplicate_of": f["near_duplicate_of"]}) for f in found])
         ctx.store.record_near_duplicates(job_id, found)
     return len(found)
 
