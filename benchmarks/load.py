@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from tests.workers import (
     WorkerProcess,
     drop_keys,
     isolated_settings,
-    settings_env,
+    start_gateway,
     wait_for_job,
 )
 from worker.celery_app import make_celery
@@ -114,23 +113,10 @@ def main() -> None:
             (seed / p.name).write_bytes(p.read_bytes())
         paths = make_set(tmp / "bulk", args.images, (300, 250), 85)  # Caltech-sized photos
         worker.wait_ready()
-        gw_port = free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{gw_port}", "--workers", "2", "--threads", "8",
-             "gateway:create_app()"], cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
         seed_job = wait_for_job(store, submit_job(celery, store, {"kind": "directory", "directory": str(seed)}),
                                 workers=[worker])
         assert seed_job["done"] == len(photos), seed_job
-        base = f"http://127.0.0.1:{gw_port}/api/v1"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
+        gateway, base = start_gateway(settings)
         uploads = [p.read_bytes() for p in photos]
         ids = [image_id(d) for d in uploads]
         run_phase(base, 4, 2, uploads, ids)  # warm both gunicorn processes
@@ -167,8 +153,7 @@ def main() -> None:
             sys.exit(1)
     finally:
         if gateway:
-            gateway.terminate()
-            gateway.wait(20)
+            stop_process(gateway, timeout_s=20)
         worker.stop()
         stop_process(server)
         drop_keys(settings)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from services.store import Store, image_id  # noqa: E402
 from services.tfs_client import ModelClient  # noqa: E402
 from services.modelserver.process import start_model_server, stop_process  # noqa: E402
 from tests.conftest import free_port, imagenet_photos  # noqa: E402
-from tests.workers import drop_keys, isolated_settings, settings_env  # noqa: E402
+from tests.workers import drop_keys, isolated_settings, start_gateway  # noqa: E402
 
 
 def populate(settings: Settings, model_server: str, n: int) -> list[str]:
@@ -104,18 +103,7 @@ def main() -> None:
     gateway = None
     try:
         real_ids = populate(settings, f"127.0.0.1:{port}", args.n)
-        gw_port = free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{gw_port}", "--workers", "2", "--threads", "8",
-             "gateway:create_app()"], cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{gw_port}/api/v1"
-        for _ in range(100):
-            try:
-                if requests.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
+        gateway, base = start_gateway(settings)
         uploads = [p.read_bytes() for p in imagenet_photos()]
         rng = np.random.default_rng(1)
         id_queries = [real_ids[i % len(real_ids)] if i % 2 else f"{int(rng.integers(20, args.n)):064x}"
@@ -155,8 +143,7 @@ def main() -> None:
         print(json.dumps(rows))
     finally:
         if gateway:
-            gateway.terminate()
-            gateway.wait(20)
+            stop_process(gateway, timeout_s=20)
         stop_process(server)
         drop_keys(settings)
 

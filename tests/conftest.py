@@ -29,19 +29,28 @@ def imagenet_label(path: Path) -> int:
     return int(path.stem.rsplit("_", 1)[1])
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A test server's request handler: no access log, and `send` for a whole answer."""
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, status, body=b"", **headers):
+        """Headers by keyword, underscores for dashes (Content_Type="image/png")."""
+        self.send_response(status)
+        headers.setdefault("Content_Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @contextlib.contextmanager
 def serving_image(data: bytes, path: str = "/copy.jpg"):
     """Serves `data` as a JPEG over HTTP on 127.0.0.1 (any path answers); yields the URL of `path`."""
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
+            self.send(200, data, Content_Type="image/jpeg")
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

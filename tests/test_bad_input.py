@@ -26,7 +26,7 @@ from PIL import Image
 
 from gateway import create_app
 from services.store import Store, image_id
-from tests.conftest import free_port, imagenet_photos
+from tests.conftest import QuietHandler, free_port, imagenet_photos
 from tests.test_sources import make_tar
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
 
@@ -99,7 +99,7 @@ def bad_images(photos) -> dict[str, tuple[bytes, str]]:
 
 # --------------------------------------------------------------------------- the deployment
 
-class Files(http.server.BaseHTTPRequestHandler):
+class Files(QuietHandler):
     """Serves the URL corpus: good images, errors, slow, endless and redirecting answers."""
     routes: ClassVar[dict] = {}
 
@@ -110,14 +110,7 @@ class Files(http.server.BaseHTTPRequestHandler):
         elif callable(route):
             route(self)
         else:
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(route)))
-            self.end_headers()
-            self.wfile.write(route)
-
-    def log_message(self, *args):
-        pass
+            self.send(200, route, Content_Type="image/jpeg")
 
 
 def redirect(to):

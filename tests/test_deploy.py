@@ -38,7 +38,7 @@ from google.protobuf import text_format
 from packaging.requirements import Requirement
 
 from services.config import PREFIX, Settings
-from tests.conftest import ROOT, free_port, stop_process
+from tests.conftest import ROOT, QuietHandler, free_port, stop_process
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MODEL_SERVER_OVERRIDE = ROOT / "deploy" / "compose.model-server.yml"
@@ -1002,7 +1002,7 @@ def test_redis_command_runs_with_persistence(tmp_path):
     assert any(tmp_path.rglob("*.aof")), "append-only file written to --dir"
 
 
-class _FakeTFServingStatus(http.server.BaseHTTPRequestHandler):
+class _FakeTFServingStatus(QuietHandler):
     state = "AVAILABLE"
 
     def do_GET(self):
@@ -1012,14 +1012,7 @@ class _FakeTFServingStatus(http.server.BaseHTTPRequestHandler):
         body = json.dumps({"model_version_status": [
             {"version": "1", "state": self.state, "status": {"error_code": "OK", "error_message": ""}}]},
             indent=1).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send(200, body, Content_Type="application/json")
 
 
 @pytest.mark.parametrize("state, healthy", [("AVAILABLE", True), ("LOADING", False), (None, False)])
@@ -1140,10 +1133,5 @@ def test_index_builder_command_starts_and_answers_its_healthcheck(tmp_path):
                                env={**env, "HOSTNAME": "no-such-host"}, capture_output=True, text=True, timeout=60)
         assert other.returncode != 0, "the ping must name this worker"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=20)
         drop_keys(settings)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from gateway import auth, create_app
 from services.store import Store, image_id
+from tests.conftest import QuietHandler
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
 
 TOKEN = "tok-3b9f2a7c1d5e8f60"
@@ -35,7 +36,7 @@ def photo_bytes(path, side=200) -> bytes:
     return buf.getvalue()
 
 
-class Photo(http.server.BaseHTTPRequestHandler):
+class Photo(QuietHandler):
     body = b""
 
     def do_GET(self):
@@ -45,13 +46,7 @@ class Photo(http.server.BaseHTTPRequestHandler):
         if self.path != "/photo.jpg":
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
+        self.send(200, self.body)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,14 @@ import tarfile
 import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from services import sources
 from services.sources import SourceError, extract_archive, fetch_url, is_public_address
+from tests.conftest import QuietHandler
 
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS"
        b"\xde\x00\x00\x00\x0cIDATx\x9cc\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00\x00"
@@ -32,25 +33,14 @@ DRIBBLE_S = 0.05
 
 # ------------------------------------------------------------------------------------ test servers
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         self.server.seen.append({"path": self.path, "host": self.headers["Host"],
                                  "auth": self.headers["Authorization"]})
         route = getattr(self, "route_" + self.path.strip("/").split("?")[0].replace("-", "_"), None)
         (route or self.route_missing)()
-
-    def send(self, status, body=b"", **headers):
-        self.send_response(status)
-        headers.setdefault("Content_Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def route_img(self):
         self.send(200, PNG, Content_Type="image/png")

@@ -11,8 +11,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import redis
+import requests
 
 from services.config import PREFIX, Settings
+from services.modelserver.process import free_port, stop_process
 from tests.conftest import ROOT
 
 TEST_REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -80,15 +82,32 @@ class WorkerProcess:
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s=15)
         if not self._log.closed:
             self._log.close()
+
+
+def start_gateway(settings: Settings, workers: int = 2, threads: int = 8,
+                  timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """The gateway under gunicorn on a free loopback port, returned once /readyz answers 200:
+    (the process, the API's base URL)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+         "--threads", str(threads), "gateway:create_app()"],
+        cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api/v1"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(base + "/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"the gateway did not become ready (exit code {proc.returncode})")
+        time.sleep(0.2)
 
 
 def wait_for_job(store, job_id: str, timeout_s: float = 180, workers=()) -> dict:

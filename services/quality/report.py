@@ -92,11 +92,7 @@ def plot(r: dict, out: Path) -> list[Path]:
     ax.set_ylabel("rank-1 accuracy")
     ax.set_title("Copy detection by transform")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=len(methods), fontsize=8)
-    fig.tight_layout()
-    path = out / "quality_copy_rank1.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out / "quality_copy_rank1.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for m, marker in (("baseline", "o"), ("adopted", "s")):
@@ -113,11 +109,7 @@ def plot(r: dict, out: Path) -> list[Path]:
     ax.set_title("Annoy: recall against query time")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "quality_annoy_recall.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out / "quality_annoy_recall.png"))
 
     cat = r["category"]
     cmethods = [m for m in r["methods"] if m in cat]
@@ -131,9 +123,13 @@ def plot(r: dict, out: Path) -> list[Path]:
     ax.set_ylim(0, 1)
     ax.set_title("Category retrieval (leave-one-out)")
     ax.legend(fontsize=8)
+    written.append(_save(fig, out / "quality_category.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt  # loaded by plot(), with its backend chosen there
     fig.tight_layout()
-    path = out / "quality_category.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
