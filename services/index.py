@@ -250,8 +250,7 @@ class Searcher:
         norm = np.linalg.norm(q)
         if not norm or not np.isfinite(norm):
             raise ValueError("the query vector must be non-zero and finite")
-        view = self._refresh()
-        return self._search(view, q / norm, k)
+        return self.search_many(q[None], k)[0]
 
     def search_many(self, vectors, k: int = 10, effort_k: int | None = None) -> list[list[tuple[str, float]]]:
         """search() for each row of a matrix, against one view of the index; `effort_k`: search
@@ -262,7 +261,7 @@ class Searcher:
         valid = (norms > 0) & np.isfinite(norms)
         queries = queries / np.where(valid, norms, 1.0)[:, None]
         # The fresh items' scores for all queries in one product (a chunk's near-duplicate check
-        # asks 32 at once).
+        # asks 32 at once); a query of the wrong dimension is refused by _search before any use.
         fresh = view.fresh_vecs[:view.n] @ queries.T if view.n and queries.shape[1] == view.fresh_vecs.shape[1] else None
         return [self._search(view, q, k, effort_k, None if fresh is None else fresh[:, j]) if ok else []
                 for j, (q, ok) in enumerate(zip(queries, valid))]
@@ -297,8 +296,9 @@ class Searcher:
         return {"version": view.index.version, "count": view.index.count, "built_at": view.index.built_at,
                 "fresh": view.n, "deleted_pending": len(view.deleted), "error": self.last_error}
 
-    def _search(self, view: _View, q: np.ndarray, k: int, effort_k: int | None = None,
-                fresh_scores: np.ndarray | None = None) -> list[tuple[str, float]]:
+    def _search(self, view: _View, q: np.ndarray, k: int, effort_k: int | None,
+                fresh_scores: np.ndarray | None) -> list[tuple[str, float]]:
+        """One unit query against `view`; `fresh_scores`: its cosine with each fresh item."""
         idx = view.index
         for dim in (idx.dim if idx.count else 0, view.fresh_vecs.shape[1] if view.n else 0):
             if dim and dim != q.size:
@@ -312,10 +312,9 @@ class Searcher:
             for i, d in zip(items, dists):
                 best[idx.ids[i]] = 1.0 - d * d / 2.0  # angular distance is sqrt(2 - 2 cos)
         if view.n:
-            scores = view.fresh_vecs[:view.n] @ q if fresh_scores is None else fresh_scores
-            top = np.argpartition(-scores, fetch - 1)[:fetch] if view.n > fetch else range(view.n)
+            top = np.argpartition(-fresh_scores, fetch - 1)[:fetch] if view.n > fetch else range(view.n)
             for j in top:
-                iid, s = view.fresh_ids[j], float(scores[j])
+                iid, s = view.fresh_ids[j], float(fresh_scores[j])
                 best[iid] = max(s, best.get(iid, -2.0))
         hits = [(i, min(1.0, max(-1.0, s))) for i, s in best.items() if i not in view.deleted]
         hits.sort(key=lambda h: h[1], reverse=True)
