@@ -57,7 +57,10 @@ SPEC = {
                                    "near_duplicates": {"type": "integer"},
                                    "errors": {"type": "array", "items": {"type": "object"}},
                                    "created_at": {"type": "number"},
-                                   "finished_at": {"type": "number", "nullable": True}}},
+                                   "finished_at": {"type": "number", "nullable": True},
+                                   "progress_at": {"type": "number", "description": "time of the last item counted"},
+                                   "resent": {"type": "integer", "description": "chunks sent again after their "
+                                              "message was lost with a worker"}}},
             "SearchResults": {"type": "object", "required": ["results", "took_ms", "index_version"], "properties": {
                 "results": {"type": "array", "items": {"type": "object", "required": ["id", "score"], "properties": {
                     "id": {"type": "string"},

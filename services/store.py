@@ -12,6 +12,10 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
     p:job:<id>                hash    job state and counters
     p:job:<id>:errors         list    JSON {"item", "error"}, the first MAX_JOB_ERRORS kept
     p:job:<id>:seen           set     item keys already counted, so a retried item counts once
+    p:job:<id>:near           list    JSON {"item", "id", "near_duplicate_of"}, the first 1000
+    p:job:<id>:spec|:chunks   string, hash   what the job was sent as (chunk number -> items),
+                                      kept until it ends for worker.watchdog
+    p:jobs:active             set     ids of jobs not ended yet
     p:index:<model_key>       hash    published index: version, path, count, dim, size, built_at,
                                       max_seq, n_trees
     p:index:<model_key>:builds|:dirty|:lock   build numbers, pending request, builder lock
@@ -95,17 +99,21 @@ for _, model in ipairs(redis.call('SMEMBERS', KEYS[4])) do
 end
 return 1
 """
-# Shared by job scripts: queued -> running on any activity, -> done once every item is counted.
+# Shared by job scripts (KEYS: see Store._job_keys): queued -> running on any activity, which is
+# also recorded as progress_at (the watchdog's clock); -> done once every item is counted.
 _SETTLE_JOB = """
-local function settle(job, seen, errors, now, ttl)
+local function settle(now, ttl)
+  local job = KEYS[1]
   local h = redis.call('HMGET', job, 'state', 'total', 'done', 'failed')
   if h[1] ~= 'queued' and h[1] ~= 'running' then return end
   local total = tonumber(h[2])
   if total >= 0 and tonumber(h[3]) + tonumber(h[4]) >= total then
     redis.call('HSET', job, 'state', 'done', 'finished_at', now)
-    for _, key in ipairs({job, seen, errors}) do redis.call('EXPIRE', key, ttl) end
-  elseif h[1] == 'queued' then
-    redis.call('HSET', job, 'state', 'running')
+    redis.call('SREM', KEYS[6], redis.call('HGET', job, 'job_id'))
+    redis.call('DEL', KEYS[4], KEYS[5])
+    for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+  else
+    redis.call('HSET', job, 'state', 'running', 'progress_at', now)
   end
 end
 """
@@ -120,7 +128,7 @@ end
 if ARGV[6] ~= '' and redis.call('LLEN', KEYS[3]) < tonumber(ARGV[7]) then
   redis.call('RPUSH', KEYS[3], ARGV[6])
 end
-settle(KEYS[1], KEYS[2], KEYS[3], ARGV[8], ARGV[9])
+settle(ARGV[8], ARGV[9])
 return 1
 """
 # ARGV: total ('' keeps it), now, ttl, and optionally a failure message (JSON error entry).
@@ -130,11 +138,22 @@ if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'total', ARGV[1]) end
 if ARGV[4] then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[2])
   redis.call('RPUSH', KEYS[3], ARGV[4])
-  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[3]) end
+  redis.call('SREM', KEYS[6], redis.call('HGET', KEYS[1], 'job_id'))
+  redis.call('DEL', KEYS[4], KEYS[5])
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 else
-  settle(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3])
+  settle(ARGV[2], ARGV[3])
 end
 return 1
+"""
+# KEYS: job. ARGV: now, stall seconds. A queued or running job with no progress for that long gets
+# progress_at = now (so one caller claims it per stall period); returns its state, else false.
+_CLAIM_STALLED_JOB = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'progress_at', 'created_at')
+if h[1] ~= 'queued' and h[1] ~= 'running' then return false end
+if tonumber(h[2] or h[3]) > tonumber(ARGV[1]) - tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'progress_at', ARGV[1])
+return h[1]
 """
 _PUBLISH_INDEX = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -165,9 +184,18 @@ def _decode(raw: dict, types: dict) -> dict:
 
 
 def _job(raw: dict) -> dict:
-    ints = dict.fromkeys(("total", "done", "failed", "duplicates", "near_duplicates"), int)
-    job = {"finished_at": None} | _decode(raw, ints | {"created_at": float, "finished_at": float})
+    ints = dict.fromkeys(("total", "done", "failed", "duplicates", "near_duplicates", "resent"), int)
+    floats = dict.fromkeys(("created_at", "finished_at", "progress_at"), float)
+    job = {"finished_at": None, "resent": 0} | _decode(raw, ints | floats)
     return job | {"total": None if job["total"] < 0 else job["total"]}
+
+
+def _progress_args(update: dict, now: float, max_errors: int = MAX_JOB_ERRORS) -> list:
+    """ARGV of _JOB_PROGRESS for one update (a dict of Store.job_progress's keyword arguments)."""
+    item, error = update.get("item"), update.get("error")
+    err = "" if error is None else json.dumps({"item": item, "error": error})
+    return [item or "", update.get("done", 0), update.get("failed", 0), update.get("duplicates", 0),
+            update.get("near_duplicates", 0), err, max_errors, now, JOB_TTL_S]
 
 
 def _pairs(fields: dict) -> list:
@@ -200,6 +228,7 @@ class Store:
         self._update_image, self._put_vector = script(_UPDATE_IMAGE), script(_PUT_VECTOR)
         self._delete_image = script(_DELETE_IMAGE)
         self._job_progress, self._job_state = script(_JOB_PROGRESS), script(_JOB_STATE)
+        self._claim_stalled_job = script(_CLAIM_STALLED_JOB)
         self._publish_index = script(_PUBLISH_INDEX)
         self._refresh_lock, self._release_lock = script(_REFRESH_LOCK), script(_RELEASE_LOCK)
 
@@ -368,8 +397,10 @@ class Store:
 
     # -- jobs -----------------------------------------------------------------------------
     def _job_keys(self, job_id: str) -> list[str]:
+        """The KEYS of every job script: the job, its seen-set and errors, the chunks and spec the
+        watchdog re-sends from, and the set of unfinished jobs."""
         job = self.key("job", job_id)
-        return [job, job + ":seen", job + ":errors"]
+        return [job, job + ":seen", job + ":errors", job + ":chunks", job + ":spec", self.key("jobs", "active")]
 
     def create_job(self, job_id: str, total: int | None, kind: str, **meta) -> bool:
         """total=None when not known yet (set it with start_job). False if the job exists."""
@@ -379,16 +410,23 @@ class Store:
         created = bool(self._create_hash(keys=[self.key("job", job_id)], args=_pairs(fields)))
         if created:
             pipe = self.redis.pipeline(transaction=False)
+            pipe.sadd(self.key("jobs", "active"), job_id)
             pipe.zadd(self.key("jobs"), {job_id: fields["created_at"]})
             pipe.zremrangebyrank(self.key("jobs"), 0, -MAX_LISTED_JOBS - 1).execute()
             if total == 0:
                 self.start_job(job_id)
         return created
 
-    def start_job(self, job_id: str, total: int | None = None) -> None:
-        """queued -> running (or done at once when nothing is left to count)."""
-        args = ["" if total is None else total, time.time(), JOB_TTL_S]
-        if self._job_state(keys=self._job_keys(job_id), args=args) < 0:
+    def start_job(self, job_id: str, total: int | None = None, failures: list[tuple[str, str]] = ()) -> None:
+        """queued -> running (or done at once when nothing is left to count). `failures`, (item,
+        error) pairs, are counted as failed in the same transaction."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=True)
+        self._job_state(keys=self._job_keys(job_id), args=["" if total is None else total, now, JOB_TTL_S], client=pipe)
+        for item, error in failures:
+            self._job_progress(keys=self._job_keys(job_id), client=pipe,
+                               args=_progress_args({"item": item, "failed": 1, "error": error}, now))
+        if pipe.execute()[0] < 0:
             raise KeyError(job_id)
 
     def fail_job(self, job_id: str, message: str) -> None:
@@ -411,11 +449,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
         for u in updates:
-            item, error = u.get("item"), u.get("error")
-            err = "" if error is None else json.dumps({"item": item, "error": error})
-            args = [item or "", u.get("done", 0), u.get("failed", 0), u.get("duplicates", 0),
-                    u.get("near_duplicates", 0), err, max_errors, now, JOB_TTL_S]
-            self._job_progress(keys=self._job_keys(job_id), args=args, client=pipe)
+            self._job_progress(keys=self._job_keys(job_id), args=_progress_args(u, now, max_errors), client=pipe)
         results = pipe.execute()
         if any(r < 0 for r in results):
             raise KeyError(job_id)
@@ -428,8 +462,50 @@ class Store:
         pipe.rpush(key, *(json.dumps(f) for f in found)).ltrim(key, 0, MAX_JOB_ERRORS - 1)
         pipe.expire(key, JOB_TTL_S).execute()
 
+    # What a worker that dies can lose: kombu's Redis transport pops a message before it records it
+    # as unacknowledged, so a worker killed in between loses it for good. A job keeps what it was
+    # sent (its spec, then its chunks) until it ends, and worker.watchdog sends again what never
+    # arrived. Items are idempotent and counted once, so a copy that did arrive after all is harmless.
+    def save_job_spec(self, job_id: str, spec: dict) -> None:
+        self.redis.set(self.key("job", job_id) + ":spec", json.dumps(spec), ex=JOB_TTL_S)
+
+    def get_job_spec(self, job_id: str) -> dict | None:
+        raw = self.redis.get(self.key("job", job_id) + ":spec")
+        return None if raw is None else json.loads(raw)
+
+    def save_job_chunks(self, job_id: str, chunks: list[list[dict]]) -> None:
+        """The job's items as dispatched: chunk number -> items (dicts with a "key")."""
+        key = self.key("job", job_id) + ":chunks"
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(chunks), 1000):
+            pipe.hset(key, mapping={i: json.dumps(c) for i, c in enumerate(chunks[start:start + 1000], start)})
+        pipe.expire(key, JOB_TTL_S).execute()
+
+    def unfinished_chunks(self, job_id: str) -> list[list[dict]]:
+        """The saved chunks that hold an item not counted yet."""
+        job, seen, *_ = self._job_keys(job_id)
+        chunks = [json.loads(c) for _, c in sorted(self.redis.hgetall(job + ":chunks").items(), key=lambda kv: int(kv[0]))]
+        keys = [item["key"] for chunk in chunks for item in chunk]
+        counted = dict(zip(keys, self.redis.smismember(seen, keys))) if keys else {}
+        return [chunk for chunk in chunks if not all(counted[item["key"]] for item in chunk)]
+
+    def active_jobs(self) -> list[str]:
+        return sorted(j.decode() for j in self.redis.smembers(self.key("jobs", "active")))
+
+    def claim_stalled_job(self, job_id: str, stall_s: float) -> str | None:
+        """"queued" or "running" if the job made no progress for `stall_s` (and it is now claimed
+        for one stall period), else None. A job whose record is gone leaves the active set."""
+        state = self._claim_stalled_job(keys=[self.key("job", job_id)], args=[time.time(), stall_s])
+        if state is None and not self.redis.exists(self.key("job", job_id)):
+            self.redis.srem(self.key("jobs", "active"), job_id)
+        return state.decode() if state else None
+
+    def add_resent(self, job_id: str, chunks: int) -> None:
+        """Count chunks the watchdog sent again (shown in the job as `resent`)."""
+        self.redis.hincrby(self.key("job", job_id), "resent", chunks)
+
     def get_job(self, job_id: str) -> dict | None:
-        job, _, errors = self._job_keys(job_id)
+        job, _, errors, *_ = self._job_keys(job_id)
         pipe = self.redis.pipeline(transaction=False)
         raw, errs, near = pipe.hgetall(job).lrange(errors, 0, -1).lrange(job + ":near", 0, -1).execute()
         if not raw:

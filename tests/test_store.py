@@ -211,6 +211,47 @@ def test_job_total_known_later_empty_and_failed(store):
     assert job["state"] == "failed" and job["errors"] == [{"item": None, "error": "not a zip or tar archive"}]
 
 
+def test_start_job_counts_skipped_items_in_the_same_step(store):
+    store.create_job("j", None, "archive")
+    store.start_job("j", total=3, failures=[("a/../x.jpg", "outside the archive"), ("big.jpg", "too large")])
+    job = store.get_job("j")
+    assert (job["state"], job["total"], job["failed"]) == ("running", 3, 2)
+    assert [e["item"] for e in job["errors"]] == ["a/../x.jpg", "big.jpg"]
+    assert not store.job_progress("j", "big.jpg", failed=1)  # already counted
+    with pytest.raises(KeyError):
+        store.start_job("missing", total=1, failures=[("x", "y")])
+
+
+def test_unfinished_chunks_and_stalled_jobs(store):
+    store.create_job("j", None, "directory")
+    store.save_job_spec("j", {"kind": "directory", "directory": "/photos"})
+    chunks = [[{"key": "a"}, {"key": "b"}], [{"key": "c"}], [{"key": "d", "path": "/photos/d.jpg"}]]
+    store.save_job_chunks("j", chunks)
+    assert store.active_jobs() == ["j"] and store.get_job_spec("j")["directory"] == "/photos"
+    assert store.claim_stalled_job("j", 0) == "queued"  # no progress since it was created
+    assert store.claim_stalled_job("j", 60) is None  # claimed: quiet for another stall period
+    store.start_job("j", total=4)
+    store.job_progress("j", "a", done=1)
+    store.job_progress("j", "c", done=1)
+    assert store.unfinished_chunks("j") == [chunks[0], chunks[2]]  # b and d not counted yet
+    job = store.get_job("j")
+    assert job["progress_at"] >= job["created_at"] and store.claim_stalled_job("j", 60) is None
+    time.sleep(0.05)
+    assert store.claim_stalled_job("j", 0.01) == "running"
+    store.add_resent("j", 2)
+    store.job_progress_many("j", [{"item": "b", "done": 1}, {"item": "d", "failed": 1, "error": "x"}])
+    job = store.get_job("j")
+    assert (job["state"], job["resent"]) == ("done", 2)
+    assert store.active_jobs() == [] and store.claim_stalled_job("j", 0) is None
+    assert store.get_job_spec("j") is None and store.unfinished_chunks("j") == []  # nothing left to send
+
+    store.create_job("bad", None, "archive")
+    store.fail_job("bad", "not an archive")
+    store.create_job("gone", None, "urls")
+    store.redis.delete(store.key("job", "gone"))
+    assert store.claim_stalled_job("gone", 0) is None and store.active_jobs() == []
+
+
 def test_index_pointer_only_moves_forward(store):
     assert store.get_index_info(MODEL) is None
     info = {"version": 2, "path": "x.ann", "count": 3, "dim": 8, "size": 100, "built_at": time.time(),

@@ -15,7 +15,8 @@ from services.store import Store, image_id
 from services.tfs_client import ModelClient
 from tests.conftest import free_port, imagenet_label
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
-from worker.celery_app import make_celery
+from worker.celery_app import INGEST_QUEUE, make_celery
+from worker.ingest import Item
 from worker.jobs import submit_job
 
 
@@ -150,3 +151,37 @@ def test_killing_a_worker_mid_job_loses_nothing_and_indexes_once(env, photos, tm
     assert store.redis.zcard(store.key("added", model_key)) == 60  # each vector written once
     assert all(store.get_image(i)["status"] == "indexed" for i in ids)
     wait_for_index(store, model_key, 60)
+
+
+def test_messages_lost_with_a_worker_are_sent_again(env, photos, tmp_path):
+    """Kombu's Redis transport pops a message before recording it as unacknowledged: a worker killed
+    in between loses it. Both kinds of job message are lost here on purpose; the watchdog that every
+    worker runs sends them again once the queue is empty and the job has made no progress for the
+    visibility timeout."""
+    make, workers = env
+    settings, store, app = make(task_visibility_timeout_s=2, ingest_chunk=4)
+    folder = tmp_path / "start-lost"
+    folder.mkdir()
+    for p in photos[:6]:
+        shutil.copy(p, folder / p.name)
+    start_lost = submit_job(app, store, {"kind": "directory", "directory": str(folder)})
+    with app.connection_for_write() as conn:  # no worker yet: the job's start message, popped and dropped
+        assert conn.default_channel.basic_get(INGEST_QUEUE, no_ack=True) is not None
+
+    # A job whose start ran and saved its three chunks, but whose last chunk message never arrived.
+    chunk_lost = "chunk-lost"
+    items = [Item(key=p.name, source=p.name, path=str(p)).to_json() for p in photos[6:16]]
+    chunks = [items[:4], items[4:8], items[8:]]
+    store.create_job(chunk_lost, None, "directory")
+    store.save_job_chunks(chunk_lost, chunks)
+    store.start_job(chunk_lost, total=len(items))
+    for chunk in chunks[:2]:
+        app.send_task("worker.tasks.ingest", args=[chunk_lost, chunk])
+
+    workers.append(WorkerProcess(settings, tmp_path, concurrency=2))
+    workers[0].wait_ready()
+    for job_id, total in ((start_lost, 6), (chunk_lost, 10)):
+        job = wait_for_job(store, job_id, timeout_s=60, workers=workers)
+        assert (job["state"], job["total"], job["done"], job["failed"], job["resent"]) == ("done", total, total, 0, 1)
+    assert store.count_vectors("effnet_lite0:1") == 16
+    assert "sent 1 message(s) again" in workers[0].log()

@@ -17,6 +17,7 @@ def submit_job(app: Celery, store: Store, spec: dict, total: int | None = None) 
         raise ValueError(f"job kind must be one of {KINDS}")
     job_id = uuid.uuid4().hex
     store.create_job(job_id, total, spec["kind"])
+    store.save_job_spec(job_id, spec)  # what the watchdog sends again if this message is lost
     app.send_task("worker.tasks.start_job", args=[job_id, spec])
     return job_id
 

@@ -110,8 +110,14 @@ def build_index(self, model_key: str) -> list[dict]:
              max_retries=10)
 @_redeliver_when_redis_is_down
 def start_job(job_id: str, spec: dict) -> int:
-    """Lists the job's items, records the total and enqueues them in chunks; returns the total."""
+    """Lists the job's items, records the total and enqueues them in chunks; returns the total.
+
+    Runs once per job: a job already started has its chunks saved, and worker.watchdog sends
+    again whichever of them never arrived."""
     ctx = context.get_context()
+    job = ctx.store.get_job(job_id)
+    if job is None or job["state"] != "queued":
+        return 0
     try:
         items, skipped = _list_items(ctx, job_id, spec)
     except sources.SourceError as exc:
@@ -121,12 +127,12 @@ def start_job(job_id: str, spec: dict) -> int:
     for item, key in zip(items, keys):
         item.key = key
     skipped = [(key, error) for key, (_, error) in zip(keys[len(items):], skipped)]
-    ctx.store.start_job(job_id, total=len(items) + len(skipped))
-    for key, error in skipped:
-        ctx.store.job_progress(job_id, key, failed=1, error=error)
-    chunk = ctx.settings.ingest_chunk
-    for i in range(0, len(items), chunk):
-        ingest.delay(job_id, [item.to_json() for item in items[i:i + chunk]])
+    size = ctx.settings.ingest_chunk
+    chunks = [[item.to_json() for item in items[i:i + size]] for i in range(0, len(items), size)]
+    ctx.store.save_job_chunks(job_id, chunks)
+    ctx.store.start_job(job_id, total=len(items) + len(skipped), failures=skipped)
+    for chunk in chunks:
+        ingest.delay(job_id, chunk)
     if not items:
         _maybe_rebuild(ctx, job_id)
     return len(items)

@@ -1,0 +1,71 @@
+"""Sends again the work that a dead worker took with it.
+
+Kombu's Redis transport pops a message first and records it as unacknowledged a moment later; a
+worker killed in between (SIGKILL, the OOM killer, a lost node) loses that message for good, and
+its job would wait forever. So every worker runs a sweep in a thread: a job with no progress for
+`Settings.task_visibility_timeout_s` (the time after which an unacknowledged message counts as
+abandoned), while the ingest queue is empty, gets its start message or its unfinished chunks sent
+again (`Store.save_job_spec`, `Store.save_job_chunks`). A copy of a message that was not lost after
+all is harmless: `start_job` runs once per job, and every item is counted once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery
+from celery.signals import worker_ready
+from kombu.exceptions import ChannelError
+
+from services import context
+from services.store import Store
+from worker.celery_app import INGEST_QUEUE
+
+log = logging.getLogger(__name__)
+
+
+def resend_lost_work(app: Celery, store: Store, stall_s: float) -> dict[str, int]:
+    """One sweep: {job id: messages sent} for the jobs it sent something for."""
+    sent: dict[str, int] = {}
+    if _waiting_messages(app):  # work is still flowing: a job's turn may simply not have come
+        return sent
+    for job_id in store.active_jobs():
+        state = store.claim_stalled_job(job_id, stall_s)
+        if state == "queued":
+            spec = store.get_job_spec(job_id)
+            if spec is not None:
+                app.send_task("worker.tasks.start_job", args=[job_id, spec])
+                sent[job_id] = 1
+        elif state == "running":
+            for items in store.unfinished_chunks(job_id):
+                app.send_task("worker.tasks.ingest", args=[job_id, items])
+                sent[job_id] = sent.get(job_id, 0) + 1
+        if job_id in sent:
+            store.add_resent(job_id, sent[job_id])
+    for job_id, count in sent.items():
+        log.warning("job %s made no progress for %.0f s: sent %d message(s) again", job_id, stall_s, count)
+    return sent
+
+
+def _waiting_messages(app: Celery) -> int:
+    with app.connection_for_read() as conn:
+        try:
+            return conn.default_channel.queue_declare(INGEST_QUEUE, passive=True).message_count
+        except ChannelError:  # Redis has no key for an empty queue
+            return 0
+
+
+def _run(app: Celery) -> None:
+    stall_s = context.get_context().settings.task_visibility_timeout_s
+    while True:
+        time.sleep(max(1.0, stall_s / 4))
+        try:
+            resend_lost_work(app, context.get_context().store, stall_s)
+        except Exception:  # Redis away, say: the next sweep tries again
+            log.warning("watchdog sweep failed", exc_info=True)
+
+
+@worker_ready.connect
+def _start(sender, **_):
+    threading.Thread(target=_run, args=(sender.app,), name="job-watchdog", daemon=True).start()
