@@ -59,8 +59,8 @@ SPEC = {
                                    "created_at": {"type": "number"},
                                    "finished_at": {"type": "number", "nullable": True},
                                    "progress_at": {"type": "number", "description": "time of the last item counted"},
-                                   "resent": {"type": "integer", "description": "chunks sent again after their "
-                                              "message was lost with a worker"}}},
+                                   "resent": {"type": "integer", "description": "messages (its start or its chunks) "
+                                              "sent again after a worker died with them"}}},
             "SearchResults": {"type": "object", "required": ["results", "took_ms", "index_version"], "properties": {
                 "results": {"type": "array", "items": {"type": "object", "required": ["id", "score"], "properties": {
                     "id": {"type": "string"},

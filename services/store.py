@@ -500,9 +500,9 @@ class Store:
             self.redis.srem(self.key("jobs", "active"), job_id)
         return state.decode() if state else None
 
-    def add_resent(self, job_id: str, chunks: int) -> None:
-        """Count chunks the watchdog sent again (shown in the job as `resent`)."""
-        self.redis.hincrby(self.key("job", job_id), "resent", chunks)
+    def add_resent(self, job_id: str, messages: int) -> None:
+        """Count messages the watchdog sent again (shown in the job as `resent`)."""
+        self.redis.hincrby(self.key("job", job_id), "resent", messages)
 
     def get_job(self, job_id: str) -> dict | None:
         job, _, errors, *_ = self._job_keys(job_id)
