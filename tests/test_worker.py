@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image, ImageEnhance
@@ -185,3 +186,36 @@ def test_messages_lost_with_a_worker_are_sent_again(env, photos, tmp_path):
         assert (job["state"], job["total"], job["done"], job["failed"], job["resent"]) == ("done", total, total, 0, 1)
     assert store.count_vectors("effnet_lite0:1") == 16
     assert "sent 1 message(s) again" in workers[0].log()
+
+
+def test_index_rebuilds_come_when_fresh_items_reach_half_the_index(store):
+    """Between 2,000 and 10,000 fresh items: the build work of a job grows with what it adds."""
+    from worker.tasks import _rebuild_due
+    model, added = "m:1", 0
+
+    def add(n):
+        nonlocal added
+        ids = [f"i{added + k}" for k in range(n)]
+        store.create_images([(i, {"source": i}) for i in ids])
+        store.put_vectors(model, ids, np.ones((n, 4), np.float32))
+        added += n
+
+    def publish(count):
+        store.publish_index(model, {"version": store.reserve_index_version(model), "path": "x.ann", "count": count,
+                                    "dim": 4, "size": 1, "built_at": time.time(), "max_seq": store.current_seq(),
+                                    "n_trees": 1})
+
+    add(1999)
+    assert not _rebuild_due(store, model)  # no index yet: the minimum
+    add(1)
+    assert _rebuild_due(store, model)
+    publish(10_000)
+    add(4999)
+    assert not _rebuild_due(store, model)  # half of 10,000
+    add(1)
+    assert _rebuild_due(store, model)
+    publish(100_000)
+    add(9999)
+    assert not _rebuild_due(store, model)  # the maximum
+    add(1)
+    assert _rebuild_due(store, model)

@@ -30,8 +30,11 @@ logger = get_task_logger(__name__)
 TRANSIENT = (ModelServerUnavailable,)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
 REDIS_BACKOFF_S = 2.0
-# Fresh items are searchable at once by exact search; past this many, fold them into Annoy.
-REBUILD_AFTER_PENDING = 2000
+# Fresh items (embedded since the last build) are searchable at once by exact search, a cost to
+# every query that grows with their number; a build costs the whole index. Building when the fresh
+# items reach half the index, kept within these bounds, makes the build work of a job grow with what
+# it adds: a job of 30,000 images into an empty index builds 6 times, not 15 (docs/benchmarks.md).
+REBUILD_PENDING_MIN, REBUILD_PENDING_MAX = 2000, 10000
 
 
 @worker_process_init.connect
@@ -81,8 +84,14 @@ def _fail_items(ctx, job_id: str, items: list[dict], error: str) -> dict:
 def _maybe_rebuild(ctx, job_id: str) -> None:
     job = ctx.store.get_job(job_id)
     finished = job is not None and job["state"] in ("done", "failed")
-    if finished or ctx.store.pending_count(ctx.model_key) >= REBUILD_AFTER_PENDING:
+    if finished or _rebuild_due(ctx.store, ctx.model_key):
         request_rebuild(current_app, ctx.store, ctx.model_key)
+
+
+def _rebuild_due(store, model_key: str) -> bool:
+    indexed = (store.get_index_info(model_key) or {}).get("count", 0)
+    threshold = min(max(indexed // 2, REBUILD_PENDING_MIN), REBUILD_PENDING_MAX)
+    return store.pending_count(model_key) >= threshold
 
 
 @shared_task(bind=True, name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,
