@@ -99,26 +99,29 @@ for _, model in ipairs(redis.call('SMEMBERS', KEYS[4])) do
 end
 return 1
 """
-# Shared by job scripts (KEYS: see Store._job_keys): queued -> running on any activity, which is
+# Shared by job scripts (KEYS: see Store._job_keys). finish: the job ended, its record kept for
+# ttl, what only the watchdog needed dropped. settle: queued -> running on any activity, which is
 # also recorded as progress_at (the watchdog's clock); -> done once every item is counted.
 _SETTLE_JOB = """
+local function finish(state, now, ttl)
+  redis.call('HSET', KEYS[1], 'state', state, 'finished_at', now)
+  redis.call('SREM', KEYS[6], redis.call('HGET', KEYS[1], 'job_id'))
+  redis.call('DEL', KEYS[4], KEYS[5])
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+end
 local function settle(now, ttl)
-  local job = KEYS[1]
-  local h = redis.call('HMGET', job, 'state', 'total', 'done', 'failed')
+  local h = redis.call('HMGET', KEYS[1], 'state', 'total', 'done', 'failed')
   if h[1] ~= 'queued' and h[1] ~= 'running' then return end
   local total = tonumber(h[2])
   if total >= 0 and tonumber(h[3]) + tonumber(h[4]) >= total then
-    redis.call('HSET', job, 'state', 'done', 'finished_at', now)
-    redis.call('SREM', KEYS[6], redis.call('HGET', job, 'job_id'))
-    redis.call('DEL', KEYS[4], KEYS[5])
-    for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+    finish('done', now, ttl)
   else
-    redis.call('HSET', job, 'state', 'running', 'progress_at', now)
+    redis.call('HSET', KEYS[1], 'state', 'running', 'progress_at', now)
   end
 end
 """
-# KEYS: job, seen, errors. ARGV: item, done, failed, duplicates, near_duplicates, error JSON,
-# max errors, now, ttl. Returns 0 for an item already counted, -1 for an unknown job.
+# ARGV: item, done, failed, duplicates, near_duplicates, error JSON, max errors, now, ttl.
+# Returns 0 for an item already counted, -1 for an unknown job.
 _JOB_PROGRESS = _SETTLE_JOB + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' and redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -136,20 +139,19 @@ _JOB_STATE = _SETTLE_JOB + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'total', ARGV[1]) end
 if ARGV[4] then
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[2])
   redis.call('RPUSH', KEYS[3], ARGV[4])
-  redis.call('SREM', KEYS[6], redis.call('HGET', KEYS[1], 'job_id'))
-  redis.call('DEL', KEYS[4], KEYS[5])
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+  finish('failed', ARGV[2], ARGV[3])
 else
   settle(ARGV[2], ARGV[3])
 end
 return 1
 """
-# KEYS: job. ARGV: now, stall seconds. A queued or running job with no progress for that long gets
-# progress_at = now (so one caller claims it per stall period); returns its state, else false.
+# KEYS: job, active jobs. ARGV: now, stall seconds, job id. A queued or running job with no
+# progress for that long gets progress_at = now (so one caller claims it per stall period);
+# returns its state, else false. A job whose record is gone leaves the active set.
 _CLAIM_STALLED_JOB = """
 local h = redis.call('HMGET', KEYS[1], 'state', 'progress_at', 'created_at')
+if not h[1] then redis.call('SREM', KEYS[2], ARGV[3]) end
 if h[1] ~= 'queued' and h[1] ~= 'running' then return false end
 if tonumber(h[2] or h[3]) > tonumber(ARGV[1]) - tonumber(ARGV[2]) then return false end
 redis.call('HSET', KEYS[1], 'progress_at', ARGV[1])
@@ -390,9 +392,13 @@ class Store:
         scores = self.redis.zmscore(self.key("deleted"), image_ids) if image_ids else []
         return [s is not None for s in scores]
 
-    def pending_count(self, model_key: str) -> int:
-        """Vectors written since the published index was built (searchable, not yet in Annoy)."""
-        max_seq = int(self.redis.hget(self.key("index", model_key), "max_seq") or 0)
+    def pending_count(self, model_key: str, index_info: dict | None = None) -> int:
+        """Vectors written since the published index was built (searchable, not yet in Annoy).
+        A caller holding get_index_info's record passes it, saving a read."""
+        if index_info is None:
+            max_seq = int(self.redis.hget(self.key("index", model_key), "max_seq") or 0)
+        else:
+            max_seq = index_info.get("max_seq", 0)
         return self.redis.zcount(self.key("added", model_key), f"({max_seq}", "+inf")
 
     # -- jobs -----------------------------------------------------------------------------
@@ -400,7 +406,10 @@ class Store:
         """The KEYS of every job script: the job, its seen-set and errors, the chunks and spec the
         watchdog re-sends from, and the set of unfinished jobs."""
         job = self.key("job", job_id)
-        return [job, job + ":seen", job + ":errors", job + ":chunks", job + ":spec", self.key("jobs", "active")]
+        return [job, job + ":seen", job + ":errors", job + ":chunks", job + ":spec", self._active_jobs_key()]
+
+    def _active_jobs_key(self) -> str:
+        return self.key("jobs", "active")
 
     def create_job(self, job_id: str, total: int | None, kind: str, **meta) -> bool:
         """total=None when not known yet (set it with start_job). False if the job exists."""
@@ -410,7 +419,7 @@ class Store:
         created = bool(self._create_hash(keys=[self.key("job", job_id)], args=_pairs(fields)))
         if created:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.sadd(self.key("jobs", "active"), job_id)
+            pipe.sadd(self._active_jobs_key(), job_id)
             pipe.zadd(self.key("jobs"), {job_id: fields["created_at"]})
             pipe.zremrangebyrank(self.key("jobs"), 0, -MAX_LISTED_JOBS - 1).execute()
             if total == 0:
@@ -420,12 +429,11 @@ class Store:
     def start_job(self, job_id: str, total: int | None = None, failures: list[tuple[str, str]] = ()) -> None:
         """queued -> running (or done at once when nothing is left to count). `failures`, (item,
         error) pairs, are counted as failed in the same transaction."""
-        now = time.time()
+        now, keys = time.time(), self._job_keys(job_id)
         pipe = self.redis.pipeline(transaction=True)
-        self._job_state(keys=self._job_keys(job_id), args=["" if total is None else total, now, JOB_TTL_S], client=pipe)
+        self._job_state(keys=keys, args=["" if total is None else total, now, JOB_TTL_S], client=pipe)
         for item, error in failures:
-            self._job_progress(keys=self._job_keys(job_id), client=pipe,
-                               args=_progress_args({"item": item, "failed": 1, "error": error}, now))
+            self._job_progress(keys=keys, client=pipe, args=_progress_args({"item": item, "failed": 1, "error": error}, now))
         if pipe.execute()[0] < 0:
             raise KeyError(job_id)
 
@@ -467,15 +475,17 @@ class Store:
     # sent (its spec, then its chunks) until it ends, and worker.watchdog sends again what never
     # arrived. Items are idempotent and counted once, so a copy that did arrive after all is harmless.
     def save_job_spec(self, job_id: str, spec: dict) -> None:
-        self.redis.set(self.key("job", job_id) + ":spec", json.dumps(spec), ex=JOB_TTL_S)
+        *_, spec_key, _ = self._job_keys(job_id)
+        self.redis.set(spec_key, json.dumps(spec), ex=JOB_TTL_S)
 
     def get_job_spec(self, job_id: str) -> dict | None:
-        raw = self.redis.get(self.key("job", job_id) + ":spec")
+        *_, spec_key, _ = self._job_keys(job_id)
+        raw = self.redis.get(spec_key)
         return None if raw is None else json.loads(raw)
 
     def save_job_chunks(self, job_id: str, chunks: list[list[dict]]) -> None:
         """The job's items as dispatched: chunk number -> items (dicts with a "key")."""
-        key = self.key("job", job_id) + ":chunks"
+        *_, key, _, _ = self._job_keys(job_id)
         pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(chunks), 1000):
             pipe.hset(key, mapping={i: json.dumps(c) for i, c in enumerate(chunks[start:start + 1000], start)})
@@ -483,21 +493,20 @@ class Store:
 
     def unfinished_chunks(self, job_id: str) -> list[list[dict]]:
         """The saved chunks that hold an item not counted yet."""
-        job, seen, *_ = self._job_keys(job_id)
-        chunks = [json.loads(c) for _, c in sorted(self.redis.hgetall(job + ":chunks").items(), key=lambda kv: int(kv[0]))]
+        _, seen, _, saved, *_ = self._job_keys(job_id)
+        chunks = [json.loads(c) for _, c in sorted(self.redis.hgetall(saved).items(), key=lambda kv: int(kv[0]))]
         keys = [item["key"] for chunk in chunks for item in chunk]
         counted = dict(zip(keys, self.redis.smismember(seen, keys))) if keys else {}
         return [chunk for chunk in chunks if not all(counted[item["key"]] for item in chunk)]
 
     def active_jobs(self) -> list[str]:
-        return sorted(j.decode() for j in self.redis.smembers(self.key("jobs", "active")))
+        return sorted(j.decode() for j in self.redis.smembers(self._active_jobs_key()))
 
     def claim_stalled_job(self, job_id: str, stall_s: float) -> str | None:
         """"queued" or "running" if the job made no progress for `stall_s` (and it is now claimed
         for one stall period), else None. A job whose record is gone leaves the active set."""
-        state = self._claim_stalled_job(keys=[self.key("job", job_id)], args=[time.time(), stall_s])
-        if state is None and not self.redis.exists(self.key("job", job_id)):
-            self.redis.srem(self.key("jobs", "active"), job_id)
+        job, *_, active = self._job_keys(job_id)
+        state = self._claim_stalled_job(keys=[job, active], args=[time.time(), stall_s, job_id])
         return state.decode() if state else None
 
     def add_resent(self, job_id: str, messages: int) -> None:

@@ -89,9 +89,9 @@ def _maybe_rebuild(ctx, job_id: str) -> None:
 
 
 def _rebuild_due(store, model_key: str) -> bool:
-    indexed = (store.get_index_info(model_key) or {}).get("count", 0)
-    threshold = min(max(indexed // 2, REBUILD_PENDING_MIN), REBUILD_PENDING_MAX)
-    return store.pending_count(model_key) >= threshold
+    info = store.get_index_info(model_key) or {}
+    threshold = min(max(info.get("count", 0) // 2, REBUILD_PENDING_MIN), REBUILD_PENDING_MAX)
+    return store.pending_count(model_key, info) >= threshold
 
 
 @shared_task(bind=True, name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,
