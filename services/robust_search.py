@@ -70,6 +70,14 @@ def _layouts(arrays: np.ndarray, fractions, side: int) -> np.ndarray:
     return out
 
 
+def layout_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """The best similarity between any of layouts a [Va, 256] and any of b [Vb, 256] or their
+    mirror images: how alike two images' grey layouts are (1.0: the same)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    mirrored = b.reshape(len(b), LAYOUT_SIDE, LAYOUT_SIDE)[:, :, ::-1].reshape(len(b), -1)
+    return float((a @ np.concatenate([b, mirrored]).T).max())
+
+
 # -- querying -----------------------------------------------------------------------------------
 def query_views(image: Image.Image) -> list[Image.Image]:
     """The images a query is seen as: first itself (de-rotated if it looks rotated), then its

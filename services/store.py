@@ -8,6 +8,7 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
     p:deleted                 zset    deleted image id scored by seq
     p:seq                     string  one counter for vector writes and deletions (see below)
     p:models                  set     model keys that have vectors
+    p:features                hash    image id -> packed ORB keypoints (services/verify.py), any model
     p:jobs                    zset    job ids by creation time, newest MAX_LISTED_JOBS kept
     p:job:<id>                hash    job state and counters
     p:job:<id>:errors         list    JSON {"item", "error"}, the first MAX_JOB_ERRORS kept
@@ -300,6 +301,7 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             for model_key in self.model_keys():
                 pipe.hdel(self.key("layouts", model_key), image_id)
+            pipe.hdel(self.key("features"), image_id)
             pipe.execute()
         return deleted
 
@@ -336,6 +338,14 @@ class Store:
         blobs = np.asarray(layouts, np.float16)
         self.redis.hset(self.key("layouts", model_key),
                         mapping={iid: blob.tobytes() for iid, blob in zip(image_ids, blobs)})
+
+    # -- keypoints for geometric verification (services/verify.py), independent of the model ----
+    def put_features(self, image_ids: list[str], blobs: list[bytes]) -> None:
+        if image_ids:
+            self.redis.hset(self.key("features"), mapping=dict(zip(image_ids, blobs)))
+
+    def get_features(self, image_ids: list[str]) -> list[bytes | None]:
+        return self.redis.hmget(self.key("features"), image_ids) if image_ids else []
 
     def get_vectors_and_layouts(self, model_key: str, image_ids: list[str], shape: tuple[int, int]
                                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
