@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation import edits
-from services import images, verify
+from services import copies, images, verify
 from services import robust_search as robust
 
 SHORTLIST = 30
@@ -72,13 +72,31 @@ def indexed_half(split: Split) -> np.ndarray:
 class Query:
     family: str
     source: int
-    cosine: np.ndarray               # [N] cosine to every image of the split (first view)
-    adopted: np.ndarray              # [N] robust_search scores (-inf outside its shortlist)
-    matches: dict                    # image index -> verify.Match, for the shortlists checked
-    query_ms: float
+    ranks: dict                      # method -> 1-based rank of the source (closed set)
+    open_top: tuple | None           # (image index, Evidence) of the open-set answer's best result
+    source_indexed: bool             # in the open set
+    query_ms: float                  # the adopted path's work beyond the model call (re-rank, verify)
 
 
-def run_queries(split: Split, other: Split, client, seed: int, per_family: int = QUERY_SOURCES,
+def _rank(scores: np.ndarray, target: int) -> float:
+    """1-based rank, ties counted half."""
+    s = scores[target]
+    return 1.0 + float((scores > s).sum()) + 0.5 * float((scores == s).sum() - 1)
+
+
+def _verified_rank(split: Split, q, mask: np.ndarray | None, thresholds):
+    """copies.rank over the split's shortlist (all images, or those in `mask`): [Hit] and indices."""
+    cosine = (q.embeddings @ split.emb.T).max(axis=0)
+    if mask is not None:
+        cosine = np.where(mask, cosine, -np.inf)
+    short = [int(j) for j in np.argsort(-cosine, kind="stable")[:SHORTLIST]]
+    ids = [str(j) for j in short]
+    hits = copies.rank(q, ids, split.emb[short], split.layouts[short],
+                       lambda wanted: [split.feats[int(i)] for i in wanted], thresholds, SHORTLIST)
+    return hits, cosine
+
+
+def run_queries(split: Split, other: Split, client, seed: int, thresholds, per_family: int = QUERY_SOURCES,
                 progress: Callable[[str], None] = print) -> list[Query]:
     n = len(split.paths)
     rng = np.random.default_rng(seed)
@@ -89,21 +107,53 @@ def run_queries(split: Split, other: Split, client, seed: int, per_family: int =
     half = indexed_half(split)
     size = client.info().input_size[0]
     out = []
-    for family in edits.FAMILIES:
+    for f, family in enumerate(edits.FAMILIES):
         progress(f"{split.name}: {family}")
-        for fam, i, image, _ in edits.make_queries(plain, sources, pool, seed + len(out), (family,)):
-            started = time.perf_counter()
-            q = client.embed(images.prepare(image, size)[None])[0]
-            views = verify.query_features(image)
-            cosine = split.emb @ q
-            matches = {}
-            for mask in (None, half):  # closed set, open set: each verifies its own shortlist
-                c = cosine if mask is None else np.where(mask, cosine, -np.inf)
-                for j in np.argsort(-c, kind="stable")[:SHORTLIST]:
-                    if int(j) not in matches:
-                        matches[int(j)] = verify.best_match(views, split.feats[j])
-            query_ms = (time.perf_counter() - started) * 1000
+        for fam, i, image, _ in edits.make_queries(plain, sources, pool, seed + 1000 * f, (family,)):
+            ranks = {"baseline": _rank(split.emb @ client.embed(images.prepare(image, size)[None])[0], i)}
             q_emb, q_lay = robust.query_embeddings(client, image)
-            adopted = robust.search(q_emb, q_lay, split.emb, split.layouts)
-            out.append(Query(fam, i, cosine, adopted, matches, query_ms))
+            ranks["layouts"] = _rank(robust.search(q_emb, q_lay, split.emb, split.layouts), i)
+            q = copies.prepare(client, image)
+            started = time.perf_counter()
+            hits, cosine = _verified_rank(split, q, None, thresholds)
+            query_ms = (time.perf_counter() - started) * 1000
+            order = [int(h.image_id) for h in hits]
+            ranks["verified"] = float(order.index(i) + 1) if i in order else _rank(cosine, i)
+            open_hits, _ = _verified_rank(split, q, half, thresholds)
+            top = (int(open_hits[0].image_id), open_hits[0].evidence) if open_hits else None
+            out.append(Query(fam, i, ranks, top, bool(half[i]), query_ms))
     return out
+
+
+def _average_precision(ranking: list[int], relevant: set[int]) -> float:
+    hits, total = 0, 0.0
+    for r, j in enumerate(ranking, start=1):
+        if j in relevant:
+            hits += 1
+            total += hits / r
+    return total / len(relevant)
+
+
+def category(split: Split, client, thresholds) -> dict:
+    """Leave-one-out category retrieval: each image of a class with 2 or more is a query against
+    the others, for the plain embedding (cosine) and the service's copy-aware path (its top
+    SHORTLIST re-ranked, the rest in cosine order)."""
+    n = len(split.paths)
+    counts = np.bincount(split.labels)
+    out = {"baseline": {"p1": [], "ap": []}, "verified": {"p1": [], "ap": []}}
+    for i in (i for i in range(n) if counts[split.labels[i]] >= 2):
+        relevant = {j for j in range(n) if j != i and split.labels[j] == split.labels[i]}
+        cosine = split.emb @ split.emb[i]
+        cosine[i] = -np.inf
+        base = [int(j) for j in np.argsort(-cosine, kind="stable") if j != i]
+        q = copies.prepare(client, split.original(i))
+        mask = np.ones(n, bool)
+        mask[i] = False
+        hits, _ = _verified_rank(split, q, mask, thresholds)
+        top = [int(h.image_id) for h in hits]
+        verified = top + [j for j in base if j not in set(top)]
+        for name, ranking in (("baseline", base), ("verified", verified)):
+            out[name]["p1"].append(ranking[0] in relevant)
+            out[name]["ap"].append(_average_precision(ranking, relevant))
+    return {m: {"precision_at_1": float(np.mean(v["p1"])), "map": float(np.mean(v["ap"])), "queries": len(v["p1"])}
+            for m, v in out.items()}

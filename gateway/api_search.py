@@ -8,9 +8,9 @@ from flask import Blueprint, url_for
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import image_error, json_body, parse_k, source_error, uploaded_files
+from gateway.inputs import image_error, json_body, parse_k, parse_min_verdict, source_error, uploaded_files
 from gateway.metrics import SEARCH_SECONDS
-from services import robust_search
+from services import copies, verdicts
 from services.images import ImageError, decode
 from services.sources import SourceError, fetch_with_settings
 from services.tfs_client import ModelServerError, ModelServerUnavailable
@@ -30,52 +30,50 @@ def model_call(fn, *args):
         raise ApiError(502, "model_error", str(exc)) from None
 
 
-def embed_views(res, data: bytes):
-    """Embeddings and layouts of the query's views (itself or de-rotated, mirrored, trimmed)."""
+def query_views(res, data: bytes) -> copies.Query:
+    """The query's views embedded (itself or de-rotated, mirrored, trimmed), ready for copy search."""
     size = model_call(res.model.info).input_size[0]
     try:
         image = decode(data, res.settings.max_image_pixels, draft_for=size)
     except ImageError as exc:
         raise image_error(exc) from None
-    return model_call(robust_search.query_embeddings, res.model, image)
+    return model_call(copies.prepare, res.model, image)
 
 
-def query_hits(res, body: dict, k: int) -> tuple[list[tuple[str, float, float]], str]:
-    """[(id, cosine, ranking score)] best first, and the kind of query."""
+def query_hits(res, body: dict, k: int, min_verdict: str | None) -> tuple[list[copies.Hit], str]:
+    """Results best first, each with its verdict, and the kind of query."""
+    info = model_call(res.model.info)
+    thresholds = verdicts.published(info.name, info.version)
     files = uploaded_files()
     if files:
-        return _copies(res, embed_views(res, files[0][1]), k), "upload"
-    if "image_id" in body:
-        image_id = body["image_id"]
-        try:  # the query is an indexed image itself: its neighbours by cosine
-            hits = res.searcher.search_by_id(str(image_id), k)
+        query, kind = query_views(res, files[0][1]), "upload"
+    elif "image_id" in body:
+        try:  # the query is an indexed image itself: its stored vector, layouts and keypoints
+            return copies.search_by_id(res.searcher, res.store, res.model_key, str(body["image_id"]), k,
+                                       thresholds, min_verdict), "image_id"
         except KeyError:
-            raise ApiError(404, "not_found", f"no indexed image {image_id!r}") from None
-        return [(i, s, s) for i, s in hits], "image_id"
-    if "url" in body:
+            raise ApiError(404, "not_found", f"no indexed image {body['image_id']!r}") from None
+    elif "url" in body:
         if not isinstance(body["url"], str):
             raise ApiError(400, "bad_url", "url must be a string")
         try:
             data = fetch_with_settings(body["url"], res.settings)
         except SourceError as exc:
             raise source_error(exc) from None
-        return _copies(res, embed_views(res, data), k), "url"
-    raise ApiError(400, "no_query", "send a multipart 'file', or JSON with 'url' or 'image_id'")
+        query, kind = query_views(res, data), "url"
+    else:
+        raise ApiError(400, "no_query", "send a multipart 'file', or JSON with 'url' or 'image_id'")
+    return copies.search(res.searcher, res.store, res.model_key, query, k, thresholds, min_verdict), kind
 
 
-def _copies(res, views, k: int):
-    embeddings, layouts = views
-    return robust_search.search_copies(res.searcher, res.store, res.model_key, embeddings, layouts, k)
-
-
-def describe(store, hits: list[tuple[str, float, float]]) -> list[dict]:
-    records = store.get_images([image_id for image_id, _, _ in hits])
-    return [{"id": image_id, "score": round(score, 6), "match": round(match, 6),
+def describe(store, hits: list[copies.Hit]) -> list[dict]:
+    records = store.get_images([h.image_id for h in hits])
+    return [{"id": h.image_id, "score": round(h.cosine, 6), "match": round(h.score, 6), "verdict": h.verdict,
              "label": (record or {}).get("label"),
              "source": (record or {}).get("source"),
              "near_duplicate_of": (record or {}).get("near_duplicate_of"),
-             "thumbnail_url": url_for("images.thumbnail", image_id=image_id)}
-            for (image_id, score, match), record in zip(hits, records)]
+             "thumbnail_url": url_for("images.thumbnail", image_id=h.image_id)}
+            for h, record in zip(hits, records)]
 
 
 @bp.post("/search")
@@ -83,12 +81,13 @@ def search():
     started = time.perf_counter()
     body = json_body()
     k = parse_k(body)
+    min_verdict = parse_min_verdict(body)
     res = resources.get()
-    hits, kind = query_hits(res, body, k)
+    hits, kind = query_hits(res, body, k, min_verdict)
     took = time.perf_counter() - started
     SEARCH_SECONDS.labels(kind).observe(took)
-    return {"results": describe(res.store, hits), "took_ms": round(took * 1000, 2),
-            "index_version": res.searcher.version}
+    return {"results": describe(res.store, hits), "verdict": copies.top_verdict(hits),
+            "took_ms": round(took * 1000, 2), "index_version": res.searcher.version}
 
 
 @bp.get("/index")

@@ -21,6 +21,7 @@ For pairs of indexed images (duplicate scans): `judge_stored(store, model_key, a
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass, fields
@@ -66,6 +67,12 @@ class Thresholds:
             log.warning("no verdict calibration at %s: default thresholds", path)
             return cls()
         return cls.from_json(json.loads(path.read_text())["thresholds"])
+
+
+@functools.lru_cache(maxsize=8)
+def published(name: str, version: int) -> Thresholds:
+    """Thresholds.for_model, read once per process (the file changes only with a new release)."""
+    return Thresholds.for_model(name, version)
 
 
 def calibration_path(name: str, version: int, folder: Path = CALIBRATION_DIR) -> Path:
