@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from evaluation import calibrate, edits
-from evaluation import copy_detection as cd
+from evaluation import copy_eval as cd
 from services import verdicts
 
 METHODS = {"baseline": "plain embedding (cosine)", "layouts": "layout re-rank (rounds 1-2)",

@@ -1,8 +1,8 @@
 """Copy-aware search with a verdict on every result.
 
-1. shortlist: the CNN embedding of the query's views (robust_search: itself or de-rotated, its
+1. shortlist: the CNN embedding of the query's views (copy_detection: itself or de-rotated, its
    mirror image, itself without uniform borders; one model call), SHORTLIST images from the index;
-2. layout re-rank of the shortlist (robust_search.rerank_with_layouts);
+2. layout re-rank of the shortlist (copy_detection.rerank_with_layouts);
 3. geometric verification (services/verify.py) of the VERIFY_TOP best: ORB keypoints of the query
    against the candidate's stored ones; the mirror image's keypoints too unless the query itself
    verified one clearly (2 x RANK_INLIERS). A candidate with at least RANK_INLIERS inliers moves ahead of every
@@ -21,13 +21,13 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from services import robust_search, verdicts, verify
+from services import copy_detection, verdicts, verify
 
-SHORTLIST = robust_search.SHORTLIST
+SHORTLIST = copy_detection.SHORTLIST
 VERIFY_TOP = 5
 EXPAND_TOP = 10  # verified next when none of the first VERIFY_TOP is
 RANK_INLIERS = 20
-_LAYOUT_SHAPE = (len(robust_search.LAYOUT_VIEWS), robust_search.LAYOUT_SIDE ** 2)
+_LAYOUT_SHAPE = (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE ** 2)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Query:
 def prepare(client, image: Image.Image) -> Query:
     """The query's views embedded in one model call (the trimmed view brings its layout only)."""
     image = image.convert("RGB")
-    emb, lay = robust_search.query_embeddings(client, image, embed_trimmed=False)
+    emb, lay = copy_detection.query_embeddings(client, image, embed_trimmed=False)
     return Query(emb, lay, image)
 
 
@@ -67,7 +67,7 @@ def rank(query: Query, ids: Sequence[str], emb: np.ndarray, layouts: np.ndarray,
     `load_features(ids)` gives the stored keypoints (verify.Features or packed bytes) of some ids."""
     if not len(ids):
         return []
-    scores, cosine, layout = robust_search.rerank_with_layouts(query.embeddings, query.layouts, emb, layouts)
+    scores, cosine, layout = copy_detection.rerank_with_layouts(query.embeddings, query.layouts, emb, layouts)
     order = [int(j) for j in np.argsort(-scores, kind="stable")]
     matches = _verify(query, order[:VERIFY_TOP], ids, load_features)
     if EXPAND_TOP > VERIFY_TOP and not any(m.inliers >= RANK_INLIERS for m in matches.values()):
@@ -113,7 +113,7 @@ def search_by_id(searcher, store, model_key: str, image_id: str, k: int, thresho
     if not ids:
         raise KeyError(image_id)
     full = layouts[0, 0]
-    mirrored = full.reshape(robust_search.LAYOUT_SIDE, -1)[:, ::-1].ravel()
+    mirrored = full.reshape(copy_detection.LAYOUT_SIDE, -1)[:, ::-1].ravel()
     query = Query(np.repeat(vectors[:1], 2, axis=0), np.stack([full, mirrored]), None,
                   {False: verify.unpack(store.get_features([image_id])[0])})
     return search(searcher, store, model_key, query, k, thresholds, min_verdict)

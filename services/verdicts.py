@@ -2,7 +2,7 @@
 
 The evidence about one (query, candidate) pair (`Evidence`) is
 - `cosine`: the embeddings' cosine similarity (content);
-- `layout`: the best similarity of their 16x16 grey layouts (robust_search), mirror included;
+- `layout`: the best similarity of their 16x16 grey layouts (copy_detection), mirror included;
 - `inliers`: keypoints in one consistent affine geometry (services/verify.py), 0 if not verified;
 - `identity`: whether that geometry is (nearly) the identity: the same frame, resized or re-encoded.
 
@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from services import copy_detection, verify
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,11 @@ def evidence_between(vec_a: np.ndarray, vec_b: np.ndarray, layouts_a: np.ndarray
                      layouts_b: np.ndarray | None, feats_a, feats_b) -> Evidence:
     """Evidence for two images from their stored data: vectors [D], layouts [V, 256] (or None),
     verify.Features (or None)."""
-    from services import robust_search, verify
     a, b = np.asarray(vec_a, np.float32), np.asarray(vec_b, np.float32)
     cosine = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
     layout = 0.0
     if layouts_a is not None and layouts_b is not None:
-        layout = robust_search.layout_similarity(layouts_a, layouts_b)
+        layout = copy_detection.layout_similarity(layouts_a, layouts_b)
     m = verify.match(feats_a, feats_b) if feats_a is not None and feats_b is not None else verify.NO_MATCH
     return Evidence(cosine, layout, m.inliers, m.identity)
 
@@ -118,9 +119,8 @@ def evidence_between(vec_a: np.ndarray, vec_b: np.ndarray, layouts_a: np.ndarray
 def judge_stored(store, model_key: str, a: str, b: str, thresholds: Thresholds) -> tuple[str, Evidence]:
     """(verdict, evidence) for two indexed images, from what the store holds for them (vectors,
     layouts, keypoints): one pipelined read. KeyError if either has no vector."""
-    from services import robust_search, verify
     ids, vectors, layouts = store.get_vectors_and_layouts(
-        model_key, [a, b], (len(robust_search.LAYOUT_VIEWS), robust_search.LAYOUT_SIDE ** 2))
+        model_key, [a, b], (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE ** 2))
     if ids != [a, b]:
         raise KeyError(f"no vector for {', '.join(i for i in (a, b) if i not in ids)}")
     fa, fb = (verify.unpack(blob) for blob in store.get_features([a, b]))

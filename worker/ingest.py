@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services import files, images, robust_search, verdicts, verify
+from services import copy_detection, files, images, verdicts, verify
 from services.context import Context
 from services.sources import SourceError, fetch_with_settings
 from services.store import image_id
@@ -93,7 +93,7 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
         with MODEL_SECONDS.time():
             vectors = ctx.model.embed(batch)
         BATCH_IMAGES.observe(len(ready))
-        layouts = robust_search.index_layouts(batch)
+        layouts = copy_detection.index_layouts(batch)
         ctx.store.put_layouts(info.key, [d.image_id for d in ready], layouts)
         ctx.store.put_features([d.image_id for d in ready], [d.features for d in ready])
         near = _store_vectors(ctx, job_id, ready, vectors, layouts, info.key, updates)

@@ -20,7 +20,7 @@ from kombu.exceptions import ChannelError
 
 from services import context
 from services.store import Store
-from worker.celery_app import INGEST_QUEUE
+from services.broker import INGEST_QUEUE
 
 log = logging.getLogger(__name__)
 

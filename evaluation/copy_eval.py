@@ -25,7 +25,7 @@ from PIL import Image
 
 from evaluation import edits
 from services import copies, images, verify
-from services import robust_search as robust
+from services import copy_detection as robust
 
 SHORTLIST = 30
 QUERY_SOURCES = 80  # images per split that are edited, for every family
