@@ -77,6 +77,12 @@ def published(name: str, version: int) -> Thresholds:
     return Thresholds.for_model(name, version)
 
 
+def for_model_key(model_key: str) -> Thresholds:
+    """`published` for a model key "name:version" (what the index records; no model call)."""
+    name, _, version = model_key.rpartition(":")
+    return published(name, int(version)) if version.isdigit() else published(model_key, 0)
+
+
 def calibration_path(name: str, version: int, folder: Path = CALIBRATION_DIR) -> Path:
     return Path(folder) / f"{name}-v{version}.json"
 
