@@ -141,3 +141,18 @@ def test_keypoints_survive_packing_and_match_themselves(seed, w, h):
     m = verify.match(f, back)
     if len(f) >= 20:
         assert m.inliers >= 0.8 * len(f) and m.identity
+
+
+def test_ingest_records_copies_as_near_duplicates(deployment, client, indexed, unrelated):
+    """Runs last: it adds images to the module's index."""
+    store = Store.from_settings(deployment.settings)
+    copy = jpeg(edits.rotate(edits.crop(open_rgb(indexed[9]), np.random.default_rng(3), [])[0],
+                             np.random.default_rng(4), [])[0])
+    other = unrelated[9].read_bytes()
+    response = client.post("/api/v1/images", data={"file": [(io.BytesIO(copy), "copy.jpg"), (io.BytesIO(other), "other.jpg")]},
+                           headers=AUTH, content_type="multipart/form-data")
+    assert response.status_code == 202, response.json
+    job = wait_for_job(store, response.json["job_id"], workers=[deployment.worker])
+    assert (job["done"], job["near_duplicates"]) == (2, 1)
+    assert store.get_image(image_id(copy))["near_duplicate_of"] == image_id(indexed[9].read_bytes())
+    assert store.get_image(image_id(other))["near_duplicate_of"] is None
