@@ -1,7 +1,7 @@
 """`vsearch eval COLLECTION_DIR` on the collection (COLLECTION_DIR/dev and /test): copy detection
 per edit family (closed set), the open set, verdict thresholds fitted on dev and scored on both
 splits, category retrieval; writes results.json, results.md and the calibration file
-calibration/<model>-v<version>.json (thresholds + precision-recall curve) that the service reads.
+services/calibration/<model>-v<version>.json (thresholds + precision-recall curve) that the service reads.
 """
 from __future__ import annotations
 
