@@ -4,8 +4,9 @@
    mirror image, itself without uniform borders; one model call), SHORTLIST images from the index;
 2. layout re-rank of the shortlist (copy_detection.rerank_with_layouts);
 3. geometric verification (services/verify.py) of the VERIFY_TOP best: ORB keypoints of the query
-   against the candidate's stored ones; the mirror image's keypoints too unless the query itself
-   verified one clearly (2 x RANK_INLIERS). A candidate with at least RANK_INLIERS inliers moves ahead of every
+   against the candidate's stored ones; the mirror image's keypoints too, on the MIRROR_TOP best,
+   unless the query itself verified one clearly (2 x RANK_INLIERS). Each match costs ~1 ms of CPU
+   (OpenCV's Hamming matcher): that, not accuracy, sets these numbers. A candidate with at least RANK_INLIERS inliers moves ahead of every
    unverified one (more inliers, further ahead);
 4. a verdict for each result (services/verdicts.py), from its cosine, layout similarity, inliers and
    whether the geometry is the identity.
@@ -26,7 +27,7 @@ from services import copy_detection, verdicts, verify
 
 SHORTLIST = copy_detection.SHORTLIST
 VERIFY_TOP = 5
-EXPAND_TOP = 10  # verified next when none of the first VERIFY_TOP is
+MIRROR_TOP = 3  # the mirror image's keypoints are tried on this many of them
 RANK_INLIERS = 20
 _LAYOUT_SHAPE = (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE ** 2)
 
@@ -76,8 +77,6 @@ def rank(query: Query, ids: Sequence[str], emb: np.ndarray, layouts: np.ndarray,
     scores, cosine, layout = copy_detection.rerank_with_layouts(query.embeddings, query.layouts, emb, layouts)
     order = [int(j) for j in np.argsort(-scores, kind="stable")]
     matches = _verify(query, order[:VERIFY_TOP], ids, load_features)
-    if EXPAND_TOP > VERIFY_TOP and not any(m.inliers >= RANK_INLIERS for m in matches.values()):
-        matches |= _verify(query, order[VERIFY_TOP:EXPAND_TOP], ids, load_features)  # a harder copy, or none
     scores = scores.copy()
     for j, m in matches.items():
         if m.inliers >= RANK_INLIERS:
@@ -95,8 +94,8 @@ def _verify(query: Query, rows: list[int], ids, load_features) -> dict[int, veri
     stored = [f if isinstance(f, verify.Features) else verify.unpack(f) for f in load_features([ids[j] for j in rows])]
     matches = {j: verify.match(query.features(), f) for j, f in zip(rows, stored)}
     if not any(m.inliers >= 2 * RANK_INLIERS for m in matches.values()):  # no clear copy: try mirrored
-        mirrored = {j: verify.match(query.features(mirrored=True), f) for j, f in zip(rows, stored)}
-        matches = {j: max(matches[j], mirrored[j], key=lambda m: m.inliers) for j in rows}
+        mirrored = {j: verify.match(query.features(mirrored=True), f) for j, f in zip(rows[:MIRROR_TOP], stored)}
+        matches = {j: max(matches[j], mirrored.get(j, verify.NO_MATCH), key=lambda m: m.inliers) for j in rows}
     return matches
 
 
