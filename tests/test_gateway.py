@@ -15,6 +15,14 @@ from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+READ_TOKEN = "read-only-token"
+
+
+def reader(app):
+    """A test client that sends the read-only token unless a request names another."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {READ_TOKEN}"
+    return client
 
 
 def open_rgb(path) -> Image.Image:
@@ -26,7 +34,7 @@ def open_rgb(path) -> Image.Image:
 def deployment(tmp_path_factory, model_server, photos):
     """One indexed deployment for the module: the 20 photos in class folders, a worker running."""
     tmp = tmp_path_factory.mktemp("gateway")
-    settings = isolated_settings(tmp, model_server, api_token=TOKEN, max_upload_mb=2)
+    settings = isolated_settings(tmp, model_server, api_token=TOKEN, read_token=READ_TOKEN, max_upload_mb=2)
     worker = WorkerProcess(settings, tmp, concurrency=2)
     worker.wait_ready()
     tree = tmp / "photos"
@@ -47,7 +55,7 @@ def deployment(tmp_path_factory, model_server, photos):
 
 @pytest.fixture
 def client(deployment):
-    return deployment[1].test_client()
+    return reader(deployment[1])
 
 
 def upload(client, data: bytes, path="/api/v1/search", name="q.jpg", headers=None, **form):
@@ -102,7 +110,7 @@ def test_upload_then_metadata_thumbnail_content_and_delete(deployment, client, p
     # searchable at once (fresh, not yet in Annoy necessarily), first for its own bytes
     assert upload(client, data).json["results"][0]["id"] == iid
 
-    assert client.delete(f"/api/v1/images/{iid}").status_code == 401
+    assert client.delete(f"/api/v1/images/{iid}").status_code == 403  # the read token cannot delete
     assert client.delete(f"/api/v1/images/{iid}", headers=AUTH).status_code == 204
     assert iid not in [r["id"] for r in upload(client, data, k="20").json["results"]]
     assert client.get(f"/api/v1/images/{iid}").status_code == 404
@@ -137,7 +145,7 @@ def test_jobs_progress_and_listing(client, deployment):
 ])
 def test_bad_search_input_gets_a_json_4xx(deployment, request_kwargs, status, code):
     settings, app, _ = deployment
-    client = create_app({"SETTINGS": replace(settings, allow_private_urls=False), "TESTING": True}).test_client()
+    client = reader(create_app({"SETTINGS": replace(settings, allow_private_urls=False), "TESTING": True}))
     response = client.post("/api/v1/search", **request_kwargs)
     assert response.status_code == status, response.data
     assert response.is_json and set(response.json["error"]) == {"code", "message"}
@@ -146,12 +154,12 @@ def test_bad_search_input_gets_a_json_4xx(deployment, request_kwargs, status, co
 
 def test_auth_size_limit_and_routing_errors(client, photos):
     data = photos[0].read_bytes()
-    assert upload(client, data, path="/api/v1/images").status_code == 401
+    assert upload(client, data, path="/api/v1/images").status_code == 403  # the read token cannot write
     wrong = upload(client, data, path="/api/v1/images", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json["error"]["code"] == "unauthorized"
-    assert client.post("/api/v1/jobs", json={"directory": "/etc"}).status_code == 401
+    assert client.post("/api/v1/jobs", json={"directory": "/etc"}).json["error"]["code"] == "forbidden"
     assert client.post("/api/v1/jobs", json={"directory": "/etc"}, headers=AUTH).status_code == 403
-    assert client.post("/api/v1/index/rebuild").status_code == 401
+    assert client.post("/api/v1/index/rebuild").status_code == 403
     assert client.post("/api/v1/index/rebuild", headers=AUTH).status_code == 202
     # a raw body (the test client would spool a multipart one to a temp file it never closes)
     big = client.post("/api/v1/images", data=b"\0" * (3 * 1024 * 1024), headers=AUTH,
@@ -167,8 +175,8 @@ def test_auth_size_limit_and_routing_errors(client, photos):
 
 def test_model_server_down_gives_503_and_recovery(deployment, photos):
     settings, _, _ = deployment
-    down = create_app({"SETTINGS": replace(settings, model_server=f"127.0.0.1:{free_port()}", model_timeout_s=1),
-                       "TESTING": True}).test_client()
+    down = reader(create_app({"SETTINGS": replace(settings, model_server=f"127.0.0.1:{free_port()}",
+                                                  model_timeout_s=1), "TESTING": True}))
     response = upload(down, photos[0].read_bytes())
     assert response.status_code == 503 and response.json["error"]["code"] == "model_unavailable"
     ready = down.get("/readyz")

@@ -203,7 +203,7 @@ def _check_zip_directory(f: BinaryIO, max_members: int) -> None:
         entries, cd_size = struct.unpack("<QQ", record[32:48])
         end_at = record_at
     if entries > max_members:
-        raise SourceError("too_many_members", f"{entries} members; more than {max_members}")
+        raise SourceError("too_many_members", f"{entries} members listed: more than {max_members} members")
     f.seek(max(0, end_at - cd_size))  # where zipfile looks too (it allows data before the zip)
     reader = io.BufferedReader(_Window(f, cd_size), 1 << 16)
     for count in range(1, max_members + 2):
