@@ -100,3 +100,12 @@ def model_server(model_base) -> str:
     proc = start_model_server(model_base, port)
     yield f"127.0.0.1:{port}"
     stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def hostile(tmp_path_factory, model_server, photos):
+    """The stack of tests/hostile.py (gunicorn gateways, a worker), shared by the hostile suites."""
+    from tests.hostile import start_stack, stop_stack
+    stack = start_stack(tmp_path_factory.mktemp("hostile"), model_server, photos)
+    yield stack
+    stop_stack(stack)

@@ -27,7 +27,11 @@ def printable(text: str) -> str:
     """`text` safe to store and show: lone surrogates (the undecodable bytes of a file name, as
     os.fsdecode keeps them, or a "\\ud800" escape in JSON) become U+FFFD. Redis, JSON logs and
     HTTP answers all need valid UTF-8; the real name stays in the item's path."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the file name's own bytes back
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 class Deadline:

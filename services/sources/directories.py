@@ -42,7 +42,10 @@ def iter_directory(directory: str | os.PathLike, allowed_roots: Iterable[str | o
     roots = [Path(os.path.realpath(root)) for root in allowed_roots]
     if not roots:
         raise SourceError("not_allowed", "directory sources are disabled (no allowed roots configured)")
-    base = Path(os.path.realpath(directory))
+    try:
+        base = Path(os.path.realpath(directory))
+    except (ValueError, OSError):  # a NUL byte, a name too long
+        raise SourceError("not_found", "not a usable path") from None
     if not _inside(base, roots):
         raise SourceError("not_allowed", f"{directory} is not inside an allowed root")
     if not base.is_dir():
