@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 from PIL import Image, ImageEnhance
 
-from services.modelserver.process import stop_process
+from modelserver.process import stop_process
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, start_gateway
 
 TOKEN, READ_TOKEN = "hostile-write-4f9a", "hostile-read-7c2e"

@@ -20,7 +20,7 @@ from PIL import Image
 from gateway import auth, create_app
 from services.store import Store, image_id
 from tests.conftest import QuietHandler
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
+from tests.workers import wait_for_job
 
 TOKEN = "tok-3b9f2a7c1d5e8f60"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,29 +50,20 @@ class Photo(QuietHandler):
         self.send(200, self.body)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory, model_server):
-    tmp = tmp_path_factory.mktemp("security")
-    settings = isolated_settings(tmp, model_server, api_token=TOKEN, read_token=READ_TOKEN, max_upload_mb=1,
-                                 max_urls_per_job=5)
-    worker = WorkerProcess(settings, tmp, concurrency=2)
-    worker.wait_ready()
-    yield settings, create_app({"SETTINGS": settings, "TESTING": True}), worker
-    worker.stop()
-    drop_keys(settings)
+DEPLOYMENT = {"api_token": TOKEN, "read_token": READ_TOKEN, "max_upload_mb": 1, "max_urls_per_job": 5}
 
 
 @pytest.fixture
 def client(deployment):
     """Sends the read-only token unless a request names another."""
-    client = deployment[1].test_client()
+    client = deployment.client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {READ_TOKEN}"
     return client
 
 
 @pytest.fixture
 def anonymous(deployment):
-    return deployment[1].test_client()
+    return deployment.client()
 
 
 WRITES = [("post", "/api/v1/images", {"json": {"url": "http://example.com/x.jpg"}}),
@@ -126,7 +117,7 @@ def test_every_read_needs_a_token_and_the_read_token_cannot_write(anonymous, met
 
 
 def test_no_token_and_no_image_bytes_in_logs(deployment, client, photos, caplog):
-    settings, _, worker = deployment
+    settings, worker = deployment.settings, deployment.worker
     upload = photo_bytes(photos[2])
     fetched = photo_bytes(photos[3])
     Photo.body = fetched
@@ -198,7 +189,7 @@ def test_request_size_urls_per_job_and_k_are_limited(client):
 
 
 def test_errors_never_leak_internals(deployment):
-    settings, _, _ = deployment
+    settings = deployment.settings
     broken = create_app({"SETTINGS": replace(settings, redis_url="redis://:s3cretpw@127.0.0.1:1/0"),
                          "TESTING": True}).test_client()
     response = broken.get("/api/v1/jobs", headers=AUTH)

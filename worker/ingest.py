@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from services import files, images, robust_search
+from services import copy_detection, files, images
 from services.context import Context
 from services.index import near_duplicate
 from services.sources import MIB, SourceError, fetch_with_settings, read_file
@@ -133,7 +133,7 @@ def _index(ctx: Context, job_id: str, decoded: list[_Decoded], info, updates: li
     if not ready:
         return 0, 0
     store.put_layouts(info.key, [d.image_id for d in ready],
-                      robust_search.index_layouts(np.stack([d.array for d in ready])))
+                      copy_detection.index_layouts(np.stack([d.array for d in ready])))
     return _store_vectors(ctx, job_id, ready, vectors, info.key, updates), len(ready)
 
 

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over `worker.ingest` and `services.index`.
+"""Celery tasks: thin wrappers over `worker.planning`, `worker.ingest` and `services.index`.
 
 Tasks get ids, paths and URLs, never image bytes. Ingest is idempotent, so its tasks are acked
 late; a model server that is down is retried with backoff, a Redis that is down makes the task's
@@ -14,7 +14,6 @@ Celery's threads pool ignores `task_time_limit`: the code that can hang carries 
 from __future__ import annotations
 
 import functools
-import shutil
 import time
 from pathlib import Path
 
@@ -26,21 +25,17 @@ from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 
 from services import context, sources
+from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
 from services.index import run_coalesced_build
-from services.sources import printable
+from services.jobs import request_rebuild
 from services.tfs_client import ModelServerUnavailable
 from worker.ingest import Item, failed, ingest_chunk, remove_incoming
-from worker.jobs import request_rebuild
+from worker.planning import plan_job, rebuild_due
 
 logger = get_task_logger(__name__)
 TRANSIENT = (ModelServerUnavailable,)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
 REDIS_BACKOFF_S = 2.0
-# Fresh items (embedded since the last build) are searchable at once by exact search, a cost to
-# every query that grows with their number; a build costs the whole index. Building when the fresh
-# items reach half the index, kept within these bounds, makes the build work of a job grow with what
-# it adds: a job of 30,000 images into an empty index builds 6 times, not 15 (docs/benchmarks.md).
-REBUILD_PENDING_MIN, REBUILD_PENDING_MAX = 2000, 10000
 
 
 @worker_process_init.connect
@@ -63,7 +58,7 @@ def _redeliver_when_redis_is_down(run):
     return wrapper
 
 
-@shared_task(bind=True, name="worker.tasks.ingest", acks_late=True, autoretry_for=TRANSIENT,
+@shared_task(bind=True, name=INGEST_TASK, acks_late=True, autoretry_for=TRANSIENT,
              retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=10)
 @_redeliver_when_redis_is_down
 def ingest(self, job_id: str, items: list[dict]) -> dict:
@@ -95,18 +90,11 @@ def _fail_items(ctx, job_id: str, items: list[Item], error: str) -> dict:
 def _maybe_rebuild(ctx, job_id: str) -> None:
     job = ctx.store.get_job(job_id)
     finished = job is not None and job["state"] in ("done", "failed")
-    if finished or _rebuild_due(ctx.store, ctx.model_key):
+    if finished or rebuild_due(ctx.store, ctx.model_key):
         request_rebuild(current_app, ctx.store, ctx.model_key)
 
 
-def _rebuild_due(store, model_key: str) -> bool:
-    info = store.get_index_info(model_key) or {}
-    threshold = min(max(info.get("count", 0) // 2, REBUILD_PENDING_MIN), REBUILD_PENDING_MAX)
-    return store.pending_count(model_key, info) >= threshold
-
-
-@shared_task(name="worker.tasks.build_index", acks_late=False, autoretry_for=TRANSIENT, retry_backoff=2,
-             max_retries=10)
+@shared_task(name=BUILD_INDEX_TASK, acks_late=False, autoretry_for=TRANSIENT, retry_backoff=2, max_retries=10)
 def build_index(model_key: str) -> list[dict]:
     """Builds while builds are requested; returns at once when another builder holds the lock
     (it serves the request). Acked on receipt: see the module's docstring."""
@@ -119,7 +107,7 @@ def build_index(model_key: str) -> list[dict]:
     return builds
 
 
-@shared_task(name="worker.tasks.start_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2,
+@shared_task(name=START_JOB_TASK, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2,
              max_retries=10)
 @_redeliver_when_redis_is_down
 def start_job(job_id: str, spec: dict) -> int:
@@ -132,7 +120,7 @@ def start_job(job_id: str, spec: dict) -> int:
     if job is None or job["state"] != "queued":
         return 0
     try:
-        items, skipped = _list_items(ctx, job_id, spec)
+        chunks, skipped = plan_job(ctx, job_id, spec)
     except sources.SourceError as exc:
         return _fail_job(ctx, job_id, spec, exc.message)
     except REDIS_DOWN:
@@ -140,20 +128,14 @@ def start_job(job_id: str, spec: dict) -> int:
     except Exception as exc:  # e.g. disk full while extracting: the job ends, failed
         logger.exception("job %s: listing its items failed", job_id)
         return _fail_job(ctx, job_id, spec, f"unexpected error ({type(exc).__name__}: {exc})")
-    keys = _distinct([item.key for item in items] + [key for key, _ in skipped])
-    for item, key in zip(items, keys):
-        item.key = key
-    skipped = [(key, error) for key, (_, error) in zip(keys[len(items):], skipped)]
-    size = ctx.settings.ingest_chunk
-    chunks = [[item.to_json() for item in items[i:i + size]] for i in range(0, len(items), size)]
     ctx.store.save_job_chunks(job_id, chunks)
-    ctx.store.start_job(job_id, total=len(items) + len(skipped), failures=skipped)
+    ctx.store.start_job(job_id, total=sum(map(len, chunks)) + len(skipped), failures=skipped)
     _remove_archive(spec)
     for chunk in chunks:
         ingest.delay(job_id, chunk)
-    if not items:
+    if not chunks:
         _maybe_rebuild(ctx, job_id)
-    return len(items)
+    return sum(map(len, chunks))
 
 
 def _fail_job(ctx, job_id: str, spec: dict, message: str) -> int:
@@ -168,62 +150,3 @@ def _remove_archive(spec: dict) -> None:
     """The uploaded archive, once its members are out (or it is refused)."""
     if spec["kind"] == "archive":
         Path(spec["path"]).unlink(missing_ok=True)
-
-
-def _distinct(keys: list[str]) -> list[str]:
-    """The keys made unique ("k", "k (2)"...): a job counts each key once, so two archive members
-    of one name (zip allows it) or a URL listed twice must not share one, or the job never ends."""
-    used, out = set(), []
-    for key in keys:
-        unique, n = key, 1
-        while unique in used:
-            n += 1
-            unique = f"{key} ({n})"
-        used.add(unique)
-        out.append(unique)
-    return out
-
-
-def _list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str, str]]]:
-    """The job's items, and (key, error) for those refused already. Keys and sources are printable
-    (names with undecodable bytes, lone surrogates); paths and URLs stay as they are."""
-    kind, s = spec["kind"], ctx.settings
-    if kind == "items":  # uploads already saved by the gateway
-        return [Item(**i) for i in spec["items"]], []
-    if kind == "urls":
-        # Credentials and query strings in a URL are used to fetch it, never shown.
-        shown = [printable(sources.redact_url(url)) for url in spec["urls"]]
-        return [Item(key=name, source=name, url=url, label=spec.get("label"))
-                for name, url in zip(shown, spec["urls"])], []
-    if kind == "directory":
-        items, skipped = [], []
-        for f in sources.iter_directory(spec["directory"], s.allowed_roots):
-            name = printable(str(f.path))
-            if f.skip:
-                skipped.append((name, f.skip))
-            else:
-                items.append(Item(key=name, source=name, path=str(f.path), label=f.label and printable(f.label)))
-        return items, skipped
-    if kind == "archive":
-        return _extract(ctx, job_id, Path(spec["path"]), printable(spec.get("name") or Path(spec["path"]).name))
-    raise ValueError(f"unknown job kind {kind!r}")
-
-
-def _extract(ctx, job_id: str, archive: Path, name: str):
-    s = ctx.settings
-    dest = ctx.settings.data_dir / "incoming" / f"job-{job_id}"
-    if dest.exists():  # a redelivered start: extract again from scratch
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    try:
-        result = sources.extract_archive(archive, dest, max_members=s.max_archive_members,
-                                         max_total_bytes=s.max_archive_mb * 1024 * 1024,
-                                         max_member_bytes=s.max_upload_mb * 1024 * 1024,
-                                         timeout_s=s.archive_timeout_s)
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label)
-             for m in result.items]
-    skipped = [(f"{name}:{member}", error) for member, error in result.skipped]
-    return items, skipped

@@ -24,7 +24,7 @@ from kombu.exceptions import ChannelError
 
 from services import context
 from services.store import Store
-from worker.celery_app import INGEST_QUEUE
+from services.broker import BUILD_INDEX_TASK, INGEST_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def restart_orphaned_builds(app: Celery, store: Store, orphaned_before: set[str]
     (a build task just sent may still be waiting for its builder). One build task for each."""
     orphaned = {key for key in store.model_keys() if store.index_build_orphaned(key)}
     for key in orphaned & orphaned_before:
-        app.send_task("worker.tasks.build_index", args=[key])
+        app.send_task(BUILD_INDEX_TASK, args=[key])
         log.warning("index %s: a build was wanted and no builder held the lock: sent again", key)
     return orphaned
 
