@@ -175,6 +175,7 @@ def test_archive_bombs_fail_their_job_with_worker_memory_bounded(hostile, name, 
     started = time.monotonic()
     job = hostile.archive_job(name, data)
     rss, peak = hostile.worker_memory_mb()
+    print(f"{name} ({len(data):,} bytes): worker RSS {rss:.0f} MiB, peak {peak_before:.0f} -> {peak:.0f} MiB")
     assert job["state"] == "failed" and phrase in job["errors"][0]["error"], job
     assert time.monotonic() - started < 30
     assert peak - peak_before < 100 and peak < 600, (peak_before, peak, rss)
