@@ -8,6 +8,9 @@ abandoned), while the ingest queue is empty, gets its start message or its unfin
 again (`Store.save_job_spec`, `Store.save_job_chunks`). A copy of a message that was not lost after
 all is harmless: `start_job` runs once per job, and every item is counted once.
 
+Each loop also touches HEARTBEAT, the worker's liveness signal (deploy/k8s): it shows the process
+runs without asking Redis, so a Redis outage does not get every worker restarted.
+
 The same sweep restarts index builds nobody serves: requested (or taken by a builder that died)
 while no builder holds the lock. Build messages are acked on receipt, so this, not redelivery, is
 what finishes a dead builder's work.
@@ -15,8 +18,10 @@ what finishes a dead builder's work.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from celery import Celery
 from celery.signals import worker_ready
@@ -27,6 +32,7 @@ from services.store import Store
 from services.broker import BUILD_INDEX_TASK, INGEST_QUEUE
 
 log = logging.getLogger(__name__)
+HEARTBEAT = Path(tempfile.gettempdir()) / "vsearch-worker-alive"
 
 
 def resend_lost_work(app: Celery, store: Store, stall_s: float) -> dict[str, int]:
@@ -74,7 +80,8 @@ def _run(app: Celery) -> None:
     stall_s = context.get_context().settings.task_visibility_timeout_s
     orphaned: set[str] = set()
     while True:
-        time.sleep(max(1.0, stall_s / 4))
+        time.sleep(min(30.0, max(1.0, stall_s / 4)))  # often enough for the heartbeat
+        HEARTBEAT.touch()
         try:
             store = context.get_context().store
             orphaned = restart_orphaned_builds(app, store, orphaned)
@@ -85,4 +92,5 @@ def _run(app: Celery) -> None:
 
 @worker_ready.connect
 def _start(sender, **_):
+    HEARTBEAT.touch()
     threading.Thread(target=_run, args=(sender.app,), name="job-watchdog", daemon=True).start()
