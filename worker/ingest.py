@@ -118,7 +118,13 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
 def _index(ctx: Context, job_id: str, decoded: list[_Decoded], info, updates: list[dict]) -> tuple[int, int]:
     """Records, vectors and layouts of the decoded items; appends each item's update."""
     store = ctx.store
-    created = store.create_images([(d.image_id, d.meta) for d in decoded])
+    job = store.get_job(job_id) or {}
+    created = store.create_images([(d.image_id, d.meta) for d in decoded], deleted_after=job.get("seq"))
+    for d, new in zip(decoded, created):
+        if new is None:  # deleted while this job ran: a redelivered chunk must not bring it back
+            updates.append(failed(d.item, "the image was deleted while this job ran; not indexed again"))
+    decoded = [d for d, new in zip(decoded, created) if new is not None]
+    created = [new for new in created if new is not None]
     existing = store.get_images([d.image_id for d, new in zip(decoded, created) if not new])
     status = {r["id"]: r["status"] for r in existing if r}
     todo: dict[str, _Decoded] = {}
