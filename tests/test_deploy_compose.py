@@ -255,3 +255,10 @@ def test_batching_parameters_fit_the_clients_batches():
     assert params["max_batch_size"] >= max(settings.model_batch_size, settings.ingest_chunk)
     assert 0 < params["batch_timeout_micros"] <= 10_000
     assert params["num_batch_threads"] >= 1 and params["max_enqueued_batches"] >= 1
+
+
+def test_redis_has_a_memory_ceiling_and_tfserving_an_init():
+    """noeviction acts only with a maxmemory; tensorflow_model_server as PID 1 ignores SIGTERM."""
+    command = interpolate(service("redis")["command"], read_env_file(ENV_EXAMPLE))
+    assert option_value(command, "--maxmemory") and option_value(command, "--maxmemory-policy") == "noeviction"
+    assert service("tfserving")["init"] is True

@@ -162,3 +162,20 @@ def test_k8s_secret_comes_from_a_secret_object():
     assert not k8s("Secret"), "no Secret with a value in the repository"
     for cm in k8s("ConfigMap"):
         assert "VSEARCH_API_TOKEN" not in cm["data"]
+
+
+def test_redis_and_tfserving_answer_only_the_app_and_workers_live_without_redis():
+    policies = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p
+                for p in k8s("NetworkPolicy")}
+    assert set(policies) == {"redis", "tfserving"}
+    for component, port in (("redis", REDIS_PORT), ("tfserving", GRPC_PORT)):
+        (rule,) = policies[component]["spec"]["ingress"]
+        (peer,) = rule["from"]
+        (expression,) = peer["podSelector"]["matchExpressions"]
+        assert set(expression["values"]) <= {"gateway", "worker", "indexer"} and rule["ports"][0]["port"] == port
+    redis_args = container_command(pod_spec(k8s("StatefulSet", "redis"))["containers"][0])
+    assert option_value(redis_args, "--maxmemory") and option_value(redis_args, "--maxmemory-policy") == "noeviction"
+    for name in ("worker", "indexer"):
+        (c,) = pod_spec(k8s("Deployment", f"vsearch-{name}"))["containers"]
+        probe = " ".join(c["livenessProbe"]["exec"]["command"])
+        assert "vsearch-worker-alive" in probe and "celery" not in probe  # no broker round trip
