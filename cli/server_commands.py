@@ -23,12 +23,17 @@ from cli.common import settings
 @click.option("--precision", "precisions", type=click.Choice(["fp32", "bf16"]), multiple=True, default=["fp32"],
               show_default=True, help="Served precision, repeatable: bf16 writes the variant <model>_bf16, "
                                       "which model servers run in bf16 where the CPU has it.")
-def export_model_cmd(model, weights, out, version, layer, overwrite, precisions):
+@click.option("--skip-existing", is_flag=True, help="Leave a version that exists as it is (one-shot exports).")
+def export_model_cmd(model, weights, out, version, layer, overwrite, precisions, skip_existing):
     """Write a SavedModel to <out>/<model>/<version>/ for TF Serving."""
     from model_export.errors import ModelExportError
     from model_export.export import export_model
+    from services.precision import served_name
     out = out or settings().model_base
     for precision in dict.fromkeys(precisions):
+        if skip_existing and not overwrite and (Path(out) / served_name(model, precision) / str(version)).exists():
+            click.echo(f"{served_name(model, precision)} version {version} exists, kept")
+            continue
         try:
             path = export_model(model=model, out=out, version=version, weights=weights, layer=layer,
                                 overwrite=overwrite, precision=precision)

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
 
-from modelserver.batcher import Batcher
+from modelserver.batcher import Batcher, RunFn
 from services.model_contract import SIGNATURE
 from services.precision import BF16, cpu_has_bf16, precision_of
 
@@ -59,13 +59,15 @@ def session_config(name: str) -> config_pb2.ConfigProto:
     return config
 
 
-def load_servable(name: str, version_dir: Path, max_batch: int, timeout_s: float) -> Servable:
+def load_signature(name: str, version_dir: Path) -> tuple[meta_graph_pb2.SignatureDef, RunFn, tf.compat.v1.Session]:
+    """Loads a version as TF Serving does (a session with the name's options): its serving
+    signature, a function running it on one input batch, and the session that must stay open."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=session_config(name))
     with graph.as_default():
         meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], str(version_dir))
     signature = meta_graph.signature_def[SIGNATURE]
-    (input_name, input_info), = signature.inputs.items()
+    (input_info,) = signature.inputs.values()
     output_names = list(signature.outputs)
     run_session = session.make_callable([signature.outputs[k].name for k in output_names],
                                         feed_list=[input_info.name])
@@ -73,6 +75,12 @@ def load_servable(name: str, version_dir: Path, max_batch: int, timeout_s: float
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(output_names, run_session(images)))
 
+    return signature, run, session
+
+
+def load_servable(name: str, version_dir: Path, max_batch: int, timeout_s: float) -> Servable:
+    signature, run, session = load_signature(name, version_dir)
+    (input_name, input_info), = signature.inputs.items()
     input_dtype = tf.as_dtype(input_info.dtype)
     servable = Servable(
         name=name, version=int(version_dir.name), path=version_dir, signature_def=signature,
