@@ -75,7 +75,7 @@ class Forward:
     """The exported SavedModel called in-process, loaded as the model server loads it."""
 
     def __init__(self, model_base: Path, name: str):
-        from services.modelserver.registry import load_signature
+        from modelserver.registry import load_signature
         _, self.run, self.session = load_signature(name, model_base / name / "1")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

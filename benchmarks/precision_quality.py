@@ -19,9 +19,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.modelserver.process import free_port, running_model_server  # noqa: E402
+from modelserver.process import free_port, running_model_server  # noqa: E402
 from services.precision import BF16, FP32, cpu_has_bf16, served_name  # noqa: E402
-from services.quality import harness  # noqa: E402
+from evaluation import harness  # noqa: E402
 from services.tfs_client import ModelClient  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import pytest
 from services.config import Settings
 from services.context import Context
 from services.images import load_for_model
-from services.launcher import Launcher
+from cli.launcher import Launcher
 from services.precision import (
     BF16, FP32, PrecisionMismatch, check_same, cpu_has_bf16, precision_of, served_name,
 )
