@@ -12,6 +12,9 @@ REQUEST_SECONDS = Histogram("vsearch_http_request_seconds", "HTTP request latenc
                             registry=REGISTRY, buckets=_BUCKETS)
 SEARCH_SECONDS = Histogram("vsearch_search_seconds", "Search latency by query kind", ["kind"],
                            registry=REGISTRY, buckets=_BUCKETS)
+SEARCH_MODEL_IMAGES = Histogram("vsearch_search_model_images",
+                                "Images embedded in a query's model call (its views), by query kind", ["kind"],
+                                registry=REGISTRY, buckets=(1, 2, 3, 4, 6, 8))
 INDEX_ITEMS = Gauge("vsearch_index_items", "Vectors in the published Annoy index", registry=REGISTRY)
 INDEX_VERSION = Gauge("vsearch_index_version", "Version of the index this process serves", registry=REGISTRY)
 INDEX_FRESH = Gauge("vsearch_index_fresh_items", "Vectors searched exactly, not yet in Annoy", registry=REGISTRY)
