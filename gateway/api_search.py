@@ -7,7 +7,7 @@ from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
 from gateway.inputs import image_error, json_body, parse_k, shown_source, source_error, uploaded_files
-from gateway.metrics import SEARCH_SECONDS
+from gateway.metrics import SEARCH_MODEL_IMAGES, SEARCH_SECONDS
 from services import search as search_service
 from services.images import ImageError
 from services.search import Hit, NotIndexed, SearchResult
@@ -64,6 +64,8 @@ def search():
     res = resources.get()
     result = run_search(res, query_of(body), k)
     SEARCH_SECONDS.labels(result.kind).observe(result.took_ms / 1000)
+    if result.model_images:
+        SEARCH_MODEL_IMAGES.labels(result.kind).observe(result.model_images)
     return {"results": [describe(hit, res.settings) for hit in result.hits], "took_ms": result.took_ms,
             "index_version": result.index_version}
 

@@ -13,6 +13,9 @@ REQUEST_SECONDS = Histogram("vsearch_http_request_seconds", "HTTP request latenc
                             registry=REGISTRY, buckets=_BUCKETS)
 SEARCH_SECONDS = Histogram("vsearch_search_seconds", "Search latency by query kind", ["kind"],
                            registry=REGISTRY, buckets=_BUCKETS)
+SEARCH_MODEL_IMAGES = Histogram("vsearch_search_model_images",
+                                "Images embedded in a query's model call (its views), by query kind", ["kind"],
+                                registry=REGISTRY, buckets=(1, 2, 3, 4, 6, 8))
 # Under gunicorn (gateway/gunicorn_conf.py) every process sets these; a scrape shows the latest value.
 INDEX_ITEMS = Gauge("vsearch_index_items", "Vectors in the published Annoy index", registry=REGISTRY,
                     multiprocess_mode="mostrecent")

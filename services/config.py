@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from services.precision import AUTO, PRECISIONS
+
 PREFIX = "VSEARCH_"
 
 
@@ -26,6 +28,8 @@ class Settings:
     # Model server (TF Serving or `vsearch model-server`), gRPC host:port.
     model_server: str = "127.0.0.1:8500"
     model_name: str = "effnet_lite0"
+    # fp32, bf16 or auto: bf16 when the model server serves the bf16 variant (services/precision.py).
+    model_precision: str = "auto"
     model_base: Path = Path("var/models")
     model_timeout_s: float = 30.0
     model_batch_size: int = 32
@@ -83,6 +87,8 @@ class Settings:
         return replace(cls(**values), **overrides)
 
     def __post_init__(self):
+        if self.model_precision not in (AUTO, *PRECISIONS):
+            raise ValueError(f"{PREFIX}MODEL_PRECISION={self.model_precision!r}: use {AUTO}, {' or '.join(PRECISIONS)}")
         # Absolute paths: the gateway serves files and children inherit these (cwd-independent).
         for name in ("model_base", "data_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())

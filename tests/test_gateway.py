@@ -193,6 +193,22 @@ def test_health_metrics_and_page(client):
         assert script.status_code == 200
 
 
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_metrics_count_the_images_of_each_query_model_call(client, photos):
+    before = client.get("/metrics").data.decode()
+    assert upload(client, photos[3].read_bytes()).status_code == 200
+    assert client.post("/api/v1/search", json={"image_id": image_id(photos[3].read_bytes())}).status_code == 200
+    after = client.get("/metrics").data.decode()
+    calls = 'vsearch_search_model_images_count{kind="upload"}'
+    images = 'vsearch_search_model_images_sum{kind="upload"}'
+    assert _metric(after, calls) - _metric(before, calls) == 1  # one model call per query
+    assert 2 <= _metric(after, images) - _metric(before, images) <= 3  # itself, its mirror, maybe trimmed
+    assert 'vsearch_search_model_images_count{kind="image_id"}' not in after  # no model call
+
+
 def test_openapi_describes_exactly_the_routes(client, deployment):
     spec = client.get("/api/v1/openapi.json").json
     app = deployment.app

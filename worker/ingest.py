@@ -69,12 +69,11 @@ def _decode(ctx: Context, item: Item, size: int) -> _Decoded | dict:
     """The model input and record of one item, or the job update that reports its failure."""
     try:
         data = read_bytes(ctx, item)
-        image = images.decode(data, ctx.settings.max_image_pixels, draft_for=size)
+        array, info = images.model_input(data, size, ctx.settings.max_image_pixels)
         meta = {"source": item.source, "label": check_label(item.label)}
         iid = image_id(data)
         files.write_atomic(files.original_path(ctx.settings.data_dir, iid), data)
-        width, height = image.info["original_size"]
-        array = images.prepare(image, size)
+        width, height = info["original_size"]
     except (images.ImageError, SourceError) as exc:
         return failed(item, exc.message)
     except (OSError, ValueError) as exc:  # e.g. disk full writing the original; a bad label
@@ -82,7 +81,7 @@ def _decode(ctx: Context, item: Item, size: int) -> _Decoded | dict:
     except Exception as exc:
         log.exception("item %s failed", item.key)
         return failed(item, f"unexpected error ({type(exc).__name__}: {exc})")
-    meta |= {"width": width, "height": height, "format": image.info["source_format"], "size_bytes": len(data)}
+    meta |= {"width": width, "height": height, "format": info["source_format"], "size_bytes": len(data)}
     return _Decoded(item, iid, array, meta)
 
 

@@ -25,6 +25,7 @@ from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 
 from services import context, sources
+from services.precision import PrecisionMismatch
 from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
 from services.index import run_coalesced_build
 from services.jobs import request_rebuild
@@ -71,6 +72,8 @@ def ingest(self, job_id: str, items: list[dict]) -> dict:
             raise  # retried with backoff
         # Out of retries: report the items, or the job would wait for them forever.
         result = _fail_items(ctx, job_id, chunk, f"{exc} (gave up after {self.max_retries} retries)")
+    except PrecisionMismatch as exc:  # a configuration error: every chunk would meet it
+        return _fail_items(ctx, job_id, chunk, str(exc))
     except REDIS_DOWN:
         raise
     except Exception as exc:  # a bug or a refusal nobody foresaw: the items fail, the job ends
