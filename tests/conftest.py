@@ -82,6 +82,20 @@ def store():
     client.close()
 
 
+@pytest.fixture(params=("redis", "rabbitmq"))
+def broker_url(request):
+    """Each broker in turn: None (the records' Redis) and a RabbitMQ virtual host of the test's own."""
+    if request.param == "redis":
+        yield None
+        return
+    import shutil
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs RabbitMQ (rabbitmqctl)")
+    from tests.workers import rabbitmq_vhost
+    with rabbitmq_vhost() as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def photos() -> list[Path]:
     return imagenet_photos()

@@ -25,6 +25,7 @@ from tests.workers import (
     isolated_settings,
     wait_for_index,
     wait_for_job,
+    wait_until,
 )
 from worker.celery_app import make_celery
 from services.jobs import request_rebuild, submit_job
@@ -46,16 +47,6 @@ def owned():
             drop_keys(s)
         except redis.RedisError:
             pass  # a test-owned Redis is already gone with its data
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout_s} s")
 
 
 def search_upload(client, data: bytes):

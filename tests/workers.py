@@ -1,6 +1,7 @@
 """Test helpers that run the real thing: an isolated Redis namespace and Celery worker processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,23 @@ from modelserver.process import free_port, stop_process
 from tests.conftest import ROOT
 
 TEST_REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_RABBITMQ_URL = os.environ.get("VSEARCH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost():
+    """A RabbitMQ virtual host of its own (its queues isolated from other runs): yields its URL."""
+    vhost = f"test-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield TEST_RABBITMQ_URL.rstrip("/") + "/" + vhost
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
 
 
 def isolated_settings(tmp_path: Path, model_server: str, **overrides) -> Settings:
@@ -108,6 +126,16 @@ def start_gateway(settings: Settings, workers: int = 2, threads: int = 8,
             stop_process(proc)
             raise RuntimeError(f"the gateway did not become ready (exit code {proc.returncode})")
         time.sleep(0.2)
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout_s} s")
 
 
 def wait_for_job(store, job_id: str, timeout_s: float = 180, workers=()) -> dict:
