@@ -244,3 +244,34 @@ def test_index_build_killed_half_way_then_corrupt_file_refused(owned, model_serv
     good = build_index(store, SYNTHETIC, settings.index_dir, n_trees=4)
     state = gateway.get("/api/v1/index").json
     assert (state["version"], state["error"], state["count"]) == (good["version"], None, 30_510)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs RabbitMQ (rabbitmqctl)")
+def test_rabbitmq_restarted_mid_job_indexes_every_image_once(owned, model_server, photos, tmp_path):
+    """The broker's application stopped and started under a running job: the quorum queue keeps its
+    messages, the worker reconnects, messages in flight are delivered again and counted once."""
+    from tests.workers import rabbitmq_vhost, rabbitmqctl
+    with rabbitmq_vhost() as broker_url:
+        settings = isolated_settings(tmp_path, model_server, broker_url=broker_url, ingest_chunk=3,
+                                     task_visibility_timeout_s=10)
+        owned["settings"].append(settings)
+        store = Store.from_settings(settings)
+        worker = WorkerProcess(settings, tmp_path, concurrency=2)
+        worker.wait_ready()
+        try:
+            paths = variants(photos, tmp_path / "many")
+            job_id = submit_job(make_celery(settings), store, {"kind": "directory", "directory": str(tmp_path / "many")})
+            wait_until(lambda: (store.get_job(job_id) or {}).get("done", 0) >= 6, 60, "6 images done")
+            rabbitmqctl("stop_app")
+            try:
+                time.sleep(2)
+            finally:
+                rabbitmqctl("start_app")  # always: RabbitMQ serves the whole machine
+            rabbitmqctl("await_startup")
+            job = wait_for_job(store, job_id, timeout_s=120, workers=[worker])
+            assert worker.proc.poll() is None, "the worker died with the broker"
+            assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 60, 60, 0), job
+            assert_indexed_once(store, paths)
+            wait_for_index(store, MODEL_KEY, 60)
+        finally:
+            worker.stop()

@@ -11,7 +11,6 @@ import uuid
 from dataclasses import fields, replace
 from pathlib import Path
 
-import redis
 import requests
 
 from services.config import PREFIX, Settings
@@ -61,11 +60,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def drop_keys(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=settings.redis_prefix + "*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i:i + 500])
-    client.close()
+    """Removes a deployment's records, and its broker's keys when the broker is the records' Redis."""
+    from services.store import Store
+    store = Store.from_settings(settings)
+    drop_prefix(store.redis, store.prefix)
+    if settings.broker_url is None:
+        drop_prefix(store.redis, settings.redis_prefix)
+    store.redis.close()
+
+
+def drop_prefix(client, prefix: str) -> None:
+    keys = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+    for i in range(0, len(keys), 1000):
+        pipe = client.pipeline(transaction=False)  # one DEL per key: on a cluster keys may lie apart
+        for key in keys[i:i + 1000]:
+            pipe.delete(key)
+        pipe.execute()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class WorkerProcess:
