@@ -11,7 +11,6 @@ import functools
 import time
 
 import kombu.exceptions
-import redis
 from celery import current_app, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_process_init
@@ -22,13 +21,14 @@ from services.index import request_build, run_coalesced_build
 from services.tfs_client import ModelServerError, ModelServerUnavailable
 from services import context
 from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
+from services.store.connection import UNAVAILABLE as STORE_UNAVAILABLE
 from services.jobs import request_rebuild
 from worker.ingest import Item, ingest_chunk
 from worker.planning import plan_job, rebuild_due
 
 logger = get_task_logger(__name__)
 TRANSIENT = (ModelServerUnavailable,)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
+REDIS_DOWN = (*STORE_UNAVAILABLE, kombu.exceptions.OperationalError, ConnectionError)
 REDIS_BACKOFF_S = 2.0
 
 
