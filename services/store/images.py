@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from services.store.common import _decode, _pairs
 
@@ -82,6 +82,19 @@ class ImageRecords:
             self._create_image(keys=[self.key("image", image_id), self.key("deleted")],
                                args=[image_id, *_pairs(fields)], client=pipe)
         return [bool(r) for r in pipe.execute()]
+
+    def iter_image_ids(self, batch: int = 1000) -> Iterator[list[str]]:
+        """Every image id, in chunks (a SCAN: one created meanwhile may or may not be listed)."""
+        start = self.key("image", "")
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in start) + "*"
+        chunk = []
+        for key in self.redis.scan_iter(match=pattern, count=batch):
+            chunk.append(key.decode()[len(start):])
+            if len(chunk) == batch:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def get_image(self, image_id: str) -> dict | None:
         return self.get_images([image_id])[0]
