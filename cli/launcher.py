@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import redis
 import requests
 
+from services.store.connection import connect
 from services.config import PREFIX, Settings
 from modelserver.process import free_port
 
@@ -37,7 +38,7 @@ class Role:
 
 def _redis_alive(url: str) -> bool:
     try:
-        return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+        return connect(url, socket_timeout=1, socket_connect_timeout=1).ping()
     except redis.RedisError:
         return False
 
