@@ -93,6 +93,27 @@ def test_fresh_items_deletes_and_new_versions_without_restart(store, tmp_path):
     assert ids[0] not in dict(searcher.search(vecs[0], k=10))
 
 
+def test_a_store_that_went_back_in_time_is_read_again(store, tmp_path):
+    """A failover that loses the newest writes leaves the store behind what a searcher has read: it
+    must forget its view, or the reused counters would hide new items and keep ghosts."""
+    from tests.workers import drop_prefix
+    vecs = clustered(60, seed=3)
+    ids = add(store, vecs[:40])
+    build(store, tmp_path)
+    build(store, tmp_path)  # version 2
+    ghosts = add(store, vecs[40:])
+    searcher = Searcher(store, MODEL, tmp_path)
+    assert searcher.search(vecs[50], k=1)[0][0] == ghosts[10] and searcher.version == 2
+
+    drop_prefix(store.redis, store.prefix)  # everything lost; then a smaller history is written again
+    survivors = add(store, vecs[:20])
+    info = build(store, tmp_path)
+    assert info["version"] == 1 and store.current_seq() == 20
+    assert searcher.search(vecs[5], k=1)[0][0] == survivors[5]
+    assert searcher.version == 1 and not set(ghosts) & set(dict(searcher.search(vecs[50], k=20)))
+    assert not set(ids) & set(dict(searcher.search(vecs[5], k=20)))
+
+
 @pytest.mark.parametrize("when", ["scanned", "after_scan"])
 def test_item_added_during_build_stays_searchable(store, tmp_path, monkeypatch, when):
     add(store, clustered(30))

@@ -67,6 +67,10 @@ class _View:
     deleted: frozenset[str]  # deleted after index.max_seq: maybe still in the Annoy file
 
 
+def _empty_view() -> _View:
+    return _View(LoadedIndex(), 0, [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 0, frozenset())
+
+
 class Searcher:
     """A long-lived, thread-safe reader of one model key's index (one per gateway process)."""
 
@@ -76,8 +80,7 @@ class Searcher:
         self.last_error: str | None = None
         self._refused: set[int] = set()  # versions that failed to load; not retried
         self._lock = threading.Lock()
-        self._view = _View(LoadedIndex(), 0, [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 0,
-                           frozenset())
+        self._view = _empty_view()
 
     def search(self, vector, k: int = 10) -> list[tuple[str, float]]:
         """[(image_id, cosine similarity)], best first, at most k."""
@@ -160,6 +163,16 @@ class Searcher:
     def _refresh(self) -> _View:
         version, seq = self.store.poll(self.model_key)
         view = self._view
+        if seq < view.seq or version < view.index.version:
+            # The store went back in time: a Redis failover lost its newest writes (replication is
+            # asynchronous), or it was restored. Counters will be reused: forget this view and read
+            # everything again from what the store holds now.
+            with self._lock:
+                if self._view is view:
+                    logger.warning("index %s: the store went back (seq %d -> %d, version %d -> %d): reloading",
+                                   self.model_key, view.seq, seq, view.index.version, version)
+                    self._view, self._refused = _empty_view(), set()
+                view = self._view
         if seq <= view.seq and (version <= view.index.version or version in self._refused):
             return view
         with self._lock:  # one thread refreshes; the others keep serving the current view
