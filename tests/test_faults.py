@@ -270,6 +270,7 @@ def test_rabbitmq_restarted_mid_job_indexes_every_image_once(owned, model_server
             rabbitmqctl("await_startup")
             job = wait_for_job(store, job_id, timeout_s=120, workers=[worker])
             assert worker.proc.poll() is None, "the worker died with the broker"
+            assert "Connection to broker lost" in worker.log()
             assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 60, 60, 0), job
             assert_indexed_once(store, paths)
             wait_for_index(store, MODEL_KEY, 60)
