@@ -36,6 +36,15 @@ def on_cluster(redis_cluster, model_server, tmp_path):
             drop_keys(settings)
 
 
+def test_a_cluster_is_never_the_broker():
+    from services.config import Settings
+    settings = Settings(redis_url="redis+cluster://127.0.0.1:7000")
+    with pytest.raises(ValueError, match="VSEARCH_BROKER_URL must be set"):
+        make_celery(settings)
+    assert Settings(redis_url=settings.redis_url, broker_url="amqp://h//").broker == "amqp://h//"
+    assert Settings().broker == Settings().redis_url  # one Redis: broker and records, as before
+
+
 def test_ingest_and_search_with_the_records_on_a_cluster(on_cluster, photos, tmp_path):
     settings, store, worker = on_cluster()
     assert store.cluster and store.prefix.startswith("{")
