@@ -29,8 +29,14 @@ def connect(url: str, **kwargs) -> redis.Redis | RedisCluster:
 
 
 def key_prefix(prefix: str, cluster: bool) -> str:
-    """The prefix every record key starts with: on a cluster, a hash tag unless it has one."""
-    return "{" + prefix + "}" if cluster and "{" not in prefix else prefix
+    """The prefix every record key starts with: on a cluster, a hash tag unless it holds one
+    (Redis hashes the text between the first `{` and the next `}`, when that is not empty)."""
+    return "{" + prefix + "}" if cluster and not _has_hash_tag(prefix) else prefix
+
+
+def _has_hash_tag(text: str) -> bool:
+    start = text.find("{")
+    return start >= 0 and text.find("}", start + 1) > start + 1
 
 
 class EvalScript:
