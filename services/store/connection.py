@@ -31,7 +31,11 @@ def connect(url: str, **kwargs) -> redis.Redis | RedisCluster:
 def key_prefix(prefix: str, cluster: bool) -> str:
     """The prefix every record key starts with: on a cluster, a hash tag unless it holds one
     (Redis hashes the text between the first `{` and the next `}`, when that is not empty)."""
-    return "{" + prefix + "}" if cluster and not _has_hash_tag(prefix) else prefix
+    if not cluster or _has_hash_tag(prefix):
+        return prefix
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(f"on a Redis Cluster the key prefix {prefix!r} needs no braces, or a hash tag ({{...}})")
+    return "{" + prefix + "}"
 
 
 def _has_hash_tag(text: str) -> bool:
