@@ -35,9 +35,12 @@ MODEL_KEY = "effnet_lite0:1"
 
 @pytest.fixture
 def owned():
-    """What a test starts (settings to clean, workers and processes to stop), torn down in reverse."""
-    things = {"settings": [], "workers": [], "procs": []}
+    """What a test starts (clients to close, settings to clean, workers and processes to stop), torn
+    down in reverse."""
+    things = {"settings": [], "workers": [], "procs": [], "close": []}
     yield things
+    for close in things["close"]:
+        close()
     for w in things["workers"]:
         w.stop()
     for p in things["procs"]:
@@ -145,20 +148,22 @@ def _ping(client) -> bool:
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
-def test_redis_restarted_mid_job_loses_no_acknowledged_image(owned, model_server, photos, tmp_path):
+def test_redis_restarted_mid_job_loses_no_acknowledged_image(owned, model_server, photos, tmp_path, broker_url):
+    """The records' Redis restarted: as the broker too, or beside RabbitMQ (then only the records are away)."""
     port = free_port()
     rdir, rlog = tmp_path / "redis", tmp_path / "redis.log"
     owned["procs"].append(start_redis(port, rdir, rlog))
     settings = isolated_settings(tmp_path, model_server, redis_url=f"redis://127.0.0.1:{port}/0",
-                                 ingest_chunk=3, task_visibility_timeout_s=8)
+                                 broker_url=broker_url, ingest_chunk=3, task_visibility_timeout_s=8)
     owned["settings"].append(settings)
-    store = Store.from_settings(settings)
+    store, app = Store.from_settings(settings), make_celery(settings)
+    owned["close"] += [store.redis.close, app.close]  # their sockets to the Redis this test kills
     worker = WorkerProcess(settings, tmp_path, concurrency=2)
     owned["workers"].append(worker)
     worker.wait_ready()
 
     paths = variants(photos, tmp_path / "many")
-    job_id = submit_job(make_celery(settings), store, {"kind": "directory", "directory": str(tmp_path / "many")})
+    job_id = submit_job(app, store, {"kind": "directory", "directory": str(tmp_path / "many")})
     wait_until(lambda: (store.get_job(job_id) or {}).get("done", 0) >= 9, 60, "9 images done")
     acknowledged = {k.decode() for k in store.redis.hkeys(store.key("vectors", MODEL_KEY))}
     done_before = store.get_job(job_id)["done"]

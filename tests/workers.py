@@ -63,10 +63,12 @@ def drop_keys(settings: Settings) -> None:
     """Removes a deployment's records, and its broker's keys when the broker is the records' Redis."""
     from services.store import Store
     store = Store.from_settings(settings)
-    drop_prefix(store.redis, store.prefix)
-    if settings.broker_url is None:
-        drop_prefix(store.redis, settings.redis_prefix)
-    store.redis.close()
+    try:
+        drop_prefix(store.redis, store.prefix)
+        if settings.broker_url is None:
+            drop_prefix(store.redis, settings.redis_prefix)
+    finally:
+        store.redis.close()
 
 
 def drop_prefix(client, prefix: str) -> None:
