@@ -164,16 +164,8 @@ class Searcher:
         version, seq = self.store.poll(self.model_key)
         view = self._view
         if seq < view.seq or version < view.index.version:
-            # The store went back in time: a Redis failover lost its newest writes (replication is
-            # asynchronous), or it was restored. Counters will be reused: forget this view and read
-            # everything again from what the store holds now.
-            with self._lock:
-                if self._view is view:
-                    logger.warning("index %s: the store went back (seq %d -> %d, version %d -> %d): reloading",
-                                   self.model_key, view.seq, seq, view.index.version, version)
-                    self._view, self._refused = _empty_view(), set()
-                view = self._view
-        if seq <= view.seq and (version <= view.index.version or version in self._refused):
+            self._restart(version, seq)  # Redis went back in time: what we read from it is stale
+        elif seq == view.seq and (version == view.index.version or version in self._refused):
             return view
         with self._lock:  # one thread refreshes; the others keep serving the current view
             view = self._view
@@ -183,6 +175,17 @@ class Searcher:
             if seq > view.seq or index is not view.index:
                 self._view = self._advance(view, index, max(seq, index.max_seq))
             return self._view
+
+    def _restart(self, version: int, seq: int) -> None:
+        """Redis lost data (a restart without persistence, a failover to a late replica): its seq
+        or index version is below what this searcher read. Everything read from it is dropped and
+        read again from scratch, so ids that no longer exist are not served."""
+        with self._lock:
+            if self._view.seq > seq or self._view.index.version > version:
+                logger.warning("index %s: Redis went back (seq %d -> %d, version %d -> %d): reloading",
+                               self.model_key, self._view.seq, seq, self._view.index.version, version)
+                self._refused.clear()
+                self._view = _empty_view()
 
     def _load_newest(self, current: LoadedIndex) -> LoadedIndex:
         info = self.store.get_index_info(self.model_key)

@@ -13,7 +13,8 @@ from redis.cluster import RedisCluster
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # What a dropped or failing-over record store raises: transient, the task comes back later.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
-               redis.exceptions.TryAgainError, redis.exceptions.SlotNotCoveredError)
+               redis.exceptions.TryAgainError, redis.exceptions.SlotNotCoveredError,
+               redis.exceptions.ReadOnlyError)  # a former primary back as a replica
 
 
 def is_cluster_url(url: str) -> bool:
