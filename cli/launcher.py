@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import redis
 import requests
 
+from services.store.connection import connect
 from services.config import PREFIX, Settings
 from modelserver.process import free_port
 from services.precision import AUTO, BF16, CPUINFO, FP32, cpu_has_bf16, served_name
@@ -39,7 +40,7 @@ class Role:
 
 def _redis_alive(url: str) -> bool:
     try:
-        return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+        return connect(url, socket_timeout=1, socket_connect_timeout=1).ping()
     except redis.RedisError:
         return False
 
