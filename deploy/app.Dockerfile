@@ -10,6 +10,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+# Annoy's setup.py adds -march=native unless ANNOY_COMPILER_ARGS is set: an image built on a new CPU
+# would then die with SIGILL on an older node. Its other flags, without CPU tuning: portable.
+ENV ANNOY_COMPILER_ARGS="-D_CRT_SECURE_NO_WARNINGS,-DANNOYLIB_MULTITHREADED_BUILD,-O3,-ffast-math,-fno-associative-math"
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -49,4 +52,5 @@ FROM runtime AS app
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "8", "gateway:create_app()"]
+CMD ["gunicorn", "-c", "python:gateway.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2",
+     "--threads", "8", "gateway:create_app()"]

@@ -38,6 +38,7 @@ class Query:
     layouts: np.ndarray      # [K, 256]
     image: Image.Image | None  # RGB, for keypoints; None for a stored image (its keypoints given)
     _features: dict = field(default_factory=dict)
+    model_images: int = 1    # images the view embedding sent to the model (the trimmed view reuses the first)
 
     def features(self, mirrored: bool = False) -> verify.Features:
         if mirrored not in self._features:

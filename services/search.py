@@ -37,6 +37,7 @@ class SearchResult:
     kind: str  # "upload", "url" or "image_id"
     took_ms: float
     index_version: int
+    model_images: int = 0  # images embedded by the query's one model call (its views); 0: none
 
     @property
     def verdict(self) -> str:
@@ -52,6 +53,7 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
         raise ValueError("give exactly one of data, url, image_id")
     started = time.perf_counter()
     thresholds = verdicts.for_model_key(ctx.model_key)
+    model_images = 0
     if image_id is not None:
         kind = "image_id"
         try:
@@ -62,15 +64,17 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
         kind = "upload" if data is not None else "url"
         if url is not None:
             data = fetch_with_settings(url, ctx.settings)
-        ranked = copies.search(ctx.searcher, ctx.store, ctx.model_key, embed_views(ctx, data), k, thresholds,
-                               min_verdict)
+        query = embed_views(ctx, data)
+        model_images = query.model_images
+        ranked = copies.search(ctx.searcher, ctx.store, ctx.model_key, query, k, thresholds, min_verdict)
     records = ctx.store.get_images([h.image_id for h in ranked])
     hits = [Hit(h.image_id, h.cosine, h.score, record, h.verdict) for h, record in zip(ranked, records)]
-    return SearchResult(hits, kind, round((time.perf_counter() - started) * 1000, 2), ctx.searcher.version)
+    return SearchResult(hits, kind, round((time.perf_counter() - started) * 1000, 2), ctx.searcher.version,
+                        model_images)
 
 
 def embed_views(ctx, data: bytes) -> copies.Query:
     """The query's views (itself or de-rotated, mirrored, trimmed) embedded in one model call."""
     size = ctx.model.info().input_size[0]
-    image = images.decode(data, ctx.settings.max_image_pixels, draft_for=size)
+    image = images.decode(data, ctx.settings.max_query_pixels, draft_for=size)  # the query pixel budget
     return copies.prepare(ctx.model, image)

@@ -16,11 +16,11 @@ from tests.conftest import ROOT
 from tests.deploy_files import (
     APP_SERVICES, BATCHING_FIELDS, COMPOSE_FILE, ENV_EXAMPLE, EXPORT_ONCE,
     GATEWAY_PORT, GRPC_PORT, K8S_DIR, LONG_RUNNING, MODEL_SERVER_OVERRIDE,
-    MissingVariable, REDIS_PORT, REST_PORT, SETTINGS_VARS, TFSERVING_DIR,
+    MissingVariable, REDIS_PORT, REST_PORT, SCALE_OVERRIDE, SETTINGS_VARS, TFSERVING_DIR,
     TF_SERVING_FLAGS, VSEARCH_VAR, batching_parameters, check_vsearch_command, compose,
     compose_raw, dockerignored, environment, flag_values, host_port,
     interpolate, interpolated_names, model_server_config, mount_for, mounts,
-    option_value, read_env_file, schema_errors, service,
+    option_value, options_values, read_env_file, schema_errors, service, TFSERVING_START,
 )
 
 
@@ -31,6 +31,27 @@ def test_compose_file_is_valid_against_the_compose_specification():
 
 def test_model_server_override_is_valid_against_the_compose_specification():
     assert schema_errors(yaml.safe_load(MODEL_SERVER_OVERRIDE.read_text())) == []
+
+
+def test_scale_profile_brokers_on_rabbitmq_and_keeps_records_on_a_durable_redis_cluster():
+    scale = yaml.safe_load(SCALE_OVERRIDE.read_text())
+    assert schema_errors(scale) == []
+    services = scale["services"]
+    added = set(services) - set(compose()["services"])
+    assert added == {"rabbitmq", "redis-cluster-init", *(f"redis-{i}" for i in range(2, 7))}
+    assert all(services[name]["profiles"] == ["scale"] for name in added)
+    for name in ("redis", *(f"redis-{i}" for i in range(2, 7))):
+        command = services[name]["command"]
+        assert option_value(command, "--cluster-enabled") == "yes", name
+        assert option_value(command, "--appendfsync") == "everysec", name
+        assert option_value(command, "--maxmemory-policy") == "noeviction", name
+    env = interpolate(scale, {"RABBITMQ_PASSWORD": "pw"})["services"]
+    for name in APP_SERVICES:
+        settings = Settings.from_env(env[name]["environment"])
+        assert settings.redis_url.startswith("redis+cluster://redis:")
+        assert settings.broker == "amqp://vsearch:pw@rabbitmq:5672/"
+        assert env[name]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+        assert env[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
 def test_the_schema_check_catches_a_misspelled_key():
@@ -127,7 +148,7 @@ def test_no_secret_in_the_compose_file_and_env_example_lists_what_it_needs():
                 assert re.fullmatch(r"\$\{[^}]+\}", str(value)), f"{name}.{var} must come from .env"
     example = read_env_file(ENV_EXAMPLE)
     assert example["VSEARCH_API_TOKEN"] == "", ".env.example must not carry a token"
-    names = interpolated_names(raw)
+    names = interpolated_names(raw) | interpolated_names(yaml.safe_load(SCALE_OVERRIDE.read_text()))
     assert set(example) == set(names), "every interpolated variable in .env.example and no other"
     with pytest.raises(MissingVariable, match="VSEARCH_API_TOKEN"):
         interpolate(raw, read_env_file(ENV_EXAMPLE))  # compose refuses to run without a token
@@ -169,17 +190,22 @@ def test_model_export_writes_into_the_models_volume_that_tfserving_reads():
     assert out == environment(export)["VSEARCH_MODEL_BASE"]
     assert model == environment(service("worker"))["VSEARCH_MODEL_NAME"]
     assert mounts(export)[out].source == "models" and not mounts(export)[out].read_only
-    config = model_server_config()
-    (entry,) = config.model_config_list.config
-    assert entry.name == model
-    holder = mount_for(entry.base_path, mounts(tfs))
-    assert holder.source == "models" and holder.read_only
-    assert PurePosixPath(entry.base_path) == PurePosixPath(holder.target) / model
+    assert set(options_values(command, "--precision")) == {"fp32", "bf16"}, "both variants, the server picks"
+    for config, name in ((model_server_config(), model), (model_server_config("models.bf16.config"), f"{model}_bf16")):
+        (entry,) = config.model_config_list.config
+        assert entry.name == name
+        holder = mount_for(entry.base_path, mounts(tfs))
+        assert holder.source == "models" and holder.read_only
+        assert PurePosixPath(entry.base_path) == PurePosixPath(holder.target) / name
 
 
 def test_tfserving_ports_flags_and_config_files():
     tfs = service("tfserving")
-    assert tfs["entrypoint"] == ["tensorflow_model_server"]
+    shell, script = tfs["entrypoint"]
+    assert shell == "sh"
+    holder = mount_for(script, mounts(tfs))
+    assert holder and holder.read_only
+    assert ROOT / holder.source / PurePosixPath(script).relative_to(holder.target) == TFSERVING_START
     flags = flag_values(tfs["command"])
     assert set(flags) <= TF_SERVING_FLAGS, set(flags) - TF_SERVING_FLAGS
     assert (int(flags["port"]), int(flags["rest_api_port"])) == (GRPC_PORT, REST_PORT)
@@ -187,7 +213,8 @@ def test_tfserving_ports_flags_and_config_files():
     host, port = host_port(environment(service("worker"))["VSEARCH_MODEL_SERVER"])
     assert (host, port) == ("tfserving", GRPC_PORT)
     assert flags["enable_batching"] == "true"
-    for flag, file in (("model_config_file", "models.config"), ("batching_parameters_file", "batching.config")):
+    assert "model_config_file" not in flags and "mixed_precision" not in flags, "start.sh picks them"
+    for flag, file in (("batching_parameters_file", "batching.config"),):
         holder = mount_for(flags[flag], mounts(tfs))
         assert holder and holder.read_only, flag
         assert (ROOT / holder.source / PurePosixPath(flags[flag]).relative_to(holder.target)) == TFSERVING_DIR / file
@@ -195,7 +222,8 @@ def test_tfserving_ports_flags_and_config_files():
     assert f":{REST_PORT}" not in json.dumps(tfs.get("ports", []))  # internal only
     probe = tfs["healthcheck"]["test"]
     assert probe[:3] == ["CMD", "bash", "-c"]
-    assert f"/dev/tcp/127.0.0.1/{REST_PORT}" in probe[3] and "/v1/models/effnet_lite0" in probe[3]
+    assert f"/dev/tcp/127.0.0.1/{REST_PORT}" in probe[3] and "/v1/models/%s" in probe[3]
+    assert "for m in effnet_lite0 effnet_lite0_bf16;" in probe[3]  # either precision (start.sh)
 
 
 def test_redis_port_persistence_and_address():
@@ -241,11 +269,18 @@ def test_volumes_mount_where_the_variables_point():
                 assert m.read_only, f"{name}: bind mounts are read-only"
 
 
-def test_models_config_serves_every_version_so_clients_can_pin_theirs():
-    (entry,) = model_server_config().model_config_list.config
+@pytest.mark.parametrize("file", ["models.config", "models.bf16.config"])
+def test_models_config_serves_every_version_so_clients_can_pin_theirs(file):
+    (entry,) = model_server_config(file).model_config_list.config
     assert entry.model_platform == "tensorflow"
     policy = entry.model_version_policy
     assert policy.HasField("all") or (policy.HasField("latest") and policy.latest.num_versions >= 2)
+
+
+def test_a_bf16_server_serves_bf16_names_only_and_an_fp32_server_none():
+    from services.precision import BF16, FP32, precision_of
+    assert {precision_of(e.name) for e in model_server_config("models.bf16.config").model_config_list.config} == {BF16}
+    assert {precision_of(e.name) for e in model_server_config().model_config_list.config} == {FP32}
 
 
 def test_batching_parameters_fit_the_clients_batches():
@@ -255,3 +290,11 @@ def test_batching_parameters_fit_the_clients_batches():
     assert params["max_batch_size"] >= max(settings.model_batch_size, settings.ingest_chunk)
     assert 0 < params["batch_timeout_micros"] <= 10_000
     assert params["num_batch_threads"] >= 1 and params["max_enqueued_batches"] >= 1
+
+
+def test_redis_has_a_memory_ceiling_and_tfserving_an_init():
+    """noeviction acts only with a maxmemory; tensorflow_model_server as PID 1 ignores SIGTERM."""
+    command = interpolate(service("redis")["command"], read_env_file(ENV_EXAMPLE))
+    assert option_value(command, "--maxmemory") and option_value(command, "--maxmemory-policy") == "noeviction"
+    assert service("tfserving")["init"] is True
+    assert service("tfserving")["platform"] == "linux/amd64"  # the only platform it is published for
