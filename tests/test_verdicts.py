@@ -55,7 +55,7 @@ def unrelated(photos):
 
 def search(client, data: bytes, **form):
     return client.post("/api/v1/search", data={"file": (io.BytesIO(data), "q.jpg"), **form},
-                       content_type="multipart/form-data")
+                       content_type="multipart/form-data", headers=AUTH)
 
 
 # Where the verdict `copy` is not reliable yet (docs/quality.md: right copy answers 0.40 for collages,
@@ -70,6 +70,7 @@ def test_a_copy_under_each_family_is_found_with_verdict_copy(client, indexed, un
     for photo in indexed[:3]:
         copy, params = edits.FAMILIES[family](open_rgb(photo), rng, [open_rgb(p) for p in unrelated[:3]])
         body = search(client, jpeg(copy.convert("RGB")), k="5").json
+        assert "results" in body, body
         best = body["results"][0]
         assert body["verdict"] == best["verdict"] and all("verdict" in r for r in body["results"])
         verdict_ok = best["verdict"] in ("copy", "exact") or family in WEAK_VERDICT
@@ -94,7 +95,7 @@ def test_min_verdict_filters(client, indexed, unrelated):
     nothing = search(client, unrelated[0].read_bytes(), min_verdict="copy").json
     assert nothing["results"] == [] and nothing["verdict"] == "none"
     by_id = client.post("/api/v1/search", json={"image_id": image_id(indexed[2].read_bytes()),
-                                                "min_verdict": "exact"}).json
+                                                "min_verdict": "exact"}, headers=AUTH).json
     assert [r["verdict"] for r in by_id["results"]] == ["exact"]
     bad = search(client, copy, min_verdict="twin")
     assert bad.status_code == 400 and bad.json["error"]["code"] == "bad_min_verdict"
