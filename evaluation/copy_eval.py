@@ -39,7 +39,7 @@ class Split:
     labels: np.ndarray
     emb: np.ndarray                  # [N, D]
     feats: list                      # [N] verify.Features
-    layouts: np.ndarray              # [N, 4, 256] (the layout re-rank of robust_search)
+    layouts: np.ndarray              # [N, 4, 256] (the layout re-rank of services/copy_detection.py)
     timings: dict = field(default_factory=dict)
     twins: dict = field(default_factory=dict)  # image -> the other images of the split sharing its content
 

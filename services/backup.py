@@ -4,7 +4,7 @@ deployment, copied to a directory and loaded into an empty deployment.
 Consistent while ingest runs, without stopping it: the vectors of each model key are read first,
 the image records after them, and an image is kept only if its record says `indexed` by that
 model and its vector was read (a vector and its `indexed` status are written in one script, and
-the original file before either). Every kept image has its record, vector, layouts and original;
+the original file before either). Every kept image has its record, vector, layouts, keypoints and original;
 the set kept is what was indexed at some moment of the backup or added while it ran. Pending and
 failed images (a job still running, bad input) and jobs are not kept: submit such jobs again after
 a restore; indexed images are recognised by their bytes and not embedded twice.
@@ -46,8 +46,10 @@ def backup(store: Store, settings, out: Path) -> dict:
     parts = {}
     for i, (mk, ids) in enumerate(sorted(by_model.items())):
         found, _, layouts = store.get_vectors_and_layouts(mk, ids, LAYOUT_SHAPE)
+        blobs = [b or b"" for b in store.get_features(ids)]  # keypoints (services/verify.py), one blob each
         np.savez(out / f"vectors-{i}.npz", ids=np.array(ids), vectors=np.stack([vectors[mk][x] for x in ids]),
-                 layouts=_align(ids, found, layouts))
+                 layouts=_align(ids, found, layouts), keypoints=np.frombuffer(b"".join(blobs), np.uint8),
+                 keypoint_ends=np.cumsum([len(b) for b in blobs], dtype=np.int64))
         parts[mk] = {"file": f"vectors-{i}.npz", "count": len(ids)}
     for record in kept:
         src = files.original_path(settings.data_dir, record["id"])
@@ -85,6 +87,11 @@ def restore(store: Store, settings, src: Path) -> dict:
             chunk = slice(start, start + 1000)
             store.put_vectors(mk, ids[chunk], data["vectors"][chunk])
             store.put_layouts(mk, ids[chunk], data["layouts"][chunk])
+        if "keypoints" in data:  # backups made before keypoints were stored have none
+            ends = data["keypoint_ends"]
+            blobs = np.split(data["keypoints"], ends[:-1]) if len(ends) else []
+            keep = [(iid, b.tobytes()) for iid, b in zip(ids, blobs) if len(b)]
+            store.put_features([iid for iid, _ in keep], [b for _, b in keep])
     for name, mk in manifest["active_model"].items():
         if mk:
             store.adopt_model(name, mk)
