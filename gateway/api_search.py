@@ -6,7 +6,7 @@ from flask import Blueprint, url_for
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import image_error, json_body, parse_k, source_error, uploaded_files
+from gateway.inputs import image_error, json_body, parse_k, search_filter, source_error, uploaded_files
 from gateway.metrics import SEARCH_SECONDS
 from services import search as search_service
 from services.images import ImageError
@@ -32,10 +32,10 @@ def query_of(body: dict) -> dict:
     raise ApiError(400, "no_query", "send a multipart 'file', or JSON with 'url' or 'image_id'")
 
 
-def run_search(res, query: dict, k: int) -> SearchResult:
+def run_search(res, query: dict, k: int, where=None) -> SearchResult:
     """`services.search.search`, its failures turned into API errors."""
     try:
-        return search_service.search(res, k=k, **query)
+        return search_service.search(res, k=k, where=where, **query)
     except ImageError as exc:
         raise image_error(exc) from None
     except SourceError as exc:
@@ -61,8 +61,9 @@ def describe(hit: Hit) -> dict:
 def search():
     body = json_body()
     k = parse_k(body)
+    where = search_filter(body)
     res = resources.get()
-    result = run_search(res, query_of(body), k)
+    result = run_search(res, query_of(body), k, where)
     SEARCH_SECONDS.labels(result.kind).observe(result.took_ms / 1000)
     return {"results": [describe(hit) for hit in result.hits], "took_ms": result.took_ms,
             "index_version": result.index_version}
@@ -73,12 +74,15 @@ def index_state():
     res = resources.get()
     status = res.searcher.status()
     return {"count": status["count"], "version": status["version"], "built_at": status["built_at"],
-            "pending": res.store.pending_count(res.model_key), "model": res.model_key, "error": status["error"]}
+            "pending": status["pending"], "model": res.model_key, "backend": status["backend"],
+            "error": status["error"]}
 
 
 @bp.post("/index/rebuild")
 @require_token
 def rebuild():
     res = resources.get()
+    if not res.searcher.builds:  # Milvus indexes as it goes: there is nothing to build
+        return {"requested": False, "started": False, "backend": res.searcher.name}, 200
     started = request_rebuild(res.celery, res.store, res.model_key)
     return {"requested": True, "started": started}, 202

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from services import copy_detection, images
+from services.index.filters import Filter
 from services.sources import fetch_with_settings
 
 
@@ -36,15 +37,16 @@ class SearchResult:
 
 
 def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: str | None = None,
-           k: int = 10) -> SearchResult:
-    """The k best matches, best first, for exactly one of `data`, `url`, `image_id`."""
+           k: int = 10, where: Filter | None = None) -> SearchResult:
+    """The k best matches, best first, for exactly one of `data`, `url`, `image_id`, among the
+    images `where` keeps (None: all)."""
     if sum(x is not None for x in (data, url, image_id)) != 1:
         raise ValueError("give exactly one of data, url, image_id")
     started = time.perf_counter()
     if image_id is not None:
         kind = "image_id"
         try:  # the query is an indexed image itself: its neighbours by cosine
-            ranked = [(i, s, s) for i, s in ctx.searcher.search_by_id(image_id, k)]
+            ranked = [(i, s, s) for i, s in ctx.searcher.search_by_id(image_id, k, where)]
         except KeyError:
             raise NotIndexed(f"no indexed image {image_id!r}") from None
     else:
@@ -52,7 +54,8 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
         if url is not None:
             data = fetch_with_settings(url, ctx.settings)
         embeddings, layouts = embed_views(ctx, data)
-        ranked = copy_detection.search_copies(ctx.searcher, ctx.store, ctx.model_key, embeddings, layouts, k)
+        ranked = copy_detection.search_copies(ctx.searcher, ctx.store, ctx.model_key, embeddings, layouts, k,
+                                              where=where)
     records = ctx.store.get_images([i for i, _, _ in ranked])
     hits = [Hit(i, score, match, record) for (i, score, match), record in zip(ranked, records)]
     return SearchResult(hits, kind, round((time.perf_counter() - started) * 1000, 2), ctx.searcher.version)

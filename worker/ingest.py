@@ -35,6 +35,7 @@ class Item:
     path: str | None = None   # a local file (directory job, extracted archive, saved upload)
     url: str | None = None
     label: str | None = None
+    collection: str | None = None  # services.index.filters.check_collection
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -64,7 +65,7 @@ def _decode(ctx: Context, item: Item, size: int) -> _Decoded | dict:
     iid = image_id(data)
     files.write_atomic(files.original_path(ctx.settings.data_dir, iid), data)
     width, height = image.info["original_size"]
-    meta = {"source": item.source, "label": item.label, "width": width, "height": height,
+    meta = {"source": item.source, "label": item.label, "collection": item.collection, "width": width, "height": height,
             "format": image.info["source_format"], "size_bytes": len(data)}
     return _Decoded(item, iid, images.prepare(image, size), meta)
 
@@ -120,7 +121,11 @@ def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray) -
 def _store_vectors(ctx: Context, job_id: str, ready: list[_Decoded], vectors: np.ndarray, model_key: str,
                    updates: list[dict]) -> int:
     matches = _near_duplicates(ctx, ready, vectors)
-    ctx.store.put_vectors(model_key, [d.image_id for d in ready], vectors)
+    ids = [d.image_id for d in ready]
+    added = ctx.store.put_vectors(model_key, ids, vectors)
+    new = [i for i, a in enumerate(added) if a]
+    if new:  # Milvus indexes here (Annoy reads the store's log)
+        ctx.searcher.add([ids[i] for i in new], vectors[new], ctx.store.get_images([ids[i] for i in new]))
     found = []
     for d, match in zip(ready, matches):
         if match:

@@ -53,17 +53,19 @@ def list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str
         return [Item(**i) for i in spec["items"]], []
     if kind == "urls":
         # Credentials in a URL are used to fetch it, never shown (job errors, image metadata).
-        return [Item(key=sources.redact_url(url), source=sources.redact_url(url), url=url, label=spec.get("label"))
-                for url in spec["urls"]], []
+        return [Item(key=sources.redact_url(url), source=sources.redact_url(url), url=url, label=spec.get("label"),
+                     collection=spec.get("collection")) for url in spec["urls"]], []
     if kind == "directory":
         found = sources.iter_directory(spec["directory"], s.allowed_roots)
-        return [Item(key=str(f.path), source=str(f.path), path=str(f.path), label=f.label) for f in found], []
+        return [Item(key=str(f.path), source=str(f.path), path=str(f.path), label=f.label,
+                     collection=spec.get("collection")) for f in found], []
     if kind == "archive":
-        return extract(ctx, job_id, Path(spec["path"]), spec.get("name") or Path(spec["path"]).name)
+        return extract(ctx, job_id, Path(spec["path"]), spec.get("name") or Path(spec["path"]).name,
+                       spec.get("collection"))
     raise ValueError(f"unknown job kind {kind!r}")
 
 
-def extract(ctx, job_id: str, archive: Path, name: str):
+def extract(ctx, job_id: str, archive: Path, name: str, collection: str | None = None):
     s = ctx.settings
     dest = ctx.settings.data_dir / "incoming" / f"job-{job_id}"
     if dest.exists():  # a redelivered start: extract again from scratch
@@ -72,7 +74,7 @@ def extract(ctx, job_id: str, archive: Path, name: str):
     result = sources.extract_archive(archive, dest, max_members=s.max_archive_members,
                                      max_total_bytes=s.max_archive_mb * 1024 * 1024,
                                      max_member_bytes=s.max_upload_mb * 1024 * 1024)
-    items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label)
-             for m in result.items]
+    items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label,
+                  collection=collection) for m in result.items]
     skipped = [(f"{name}:{member}", error) for member, error in result.skipped]
     return items, skipped

@@ -79,6 +79,8 @@ def _fail_items(ctx, job_id: str, items: list[dict], error: str) -> dict:
 def _maybe_rebuild(ctx, job_id: str) -> None:
     job = ctx.store.get_job(job_id)
     finished = job is not None and job["state"] in ("done", "failed")
+    if not ctx.searcher.builds:
+        return
     if finished or rebuild_due(ctx.store, ctx.model_key):
         request_rebuild(current_app, ctx.store, ctx.model_key)
 
