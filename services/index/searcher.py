@@ -22,7 +22,7 @@ SEARCH_K_FACTOR = 4  # see builder.N_TREES for what it buys
 # vectors are read from the mmapped file: ~5 KB each at D=1280); otherwise it over-fetches from
 # Annoy by the inverse of the share kept, times OVERFETCH, and falls back to the exact scan when
 # that still leaves fewer than k (docs/benchmarks.md measures both sides).
-EXACT_SCAN_MAX = 20_000
+EXACT_SCAN_MAX = 5_000
 OVERFETCH = 2.0
 
 
