@@ -105,3 +105,36 @@ def test_filtered_search_matches_exact_search(backend, store, tmp_path):
             assert all(keep[pos[i]] for i, _ in hits), where
             recall.append(len(exact & {i for i, _ in hits}) / len(exact))
         assert np.mean(recall) >= 0.95, (where, np.mean(recall))
+
+
+def test_milvus_down_is_index_unavailable(store):
+    from services.index import IndexUnavailable
+    from services.index.milvus import MilvusIndex
+    from tests.conftest import free_port
+    index = MilvusIndex(store, MODEL, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert index.status()["error"] and index.status()["count"] == 0
+    with pytest.raises(IndexUnavailable):
+        index.search(np.ones(8, np.float32), 3)
+    with pytest.raises(IndexUnavailable):
+        index.add(["a"], np.ones((1, 8), np.float32), [None])
+
+
+def test_the_gateway_answers_503_while_milvus_is_down(tmp_path, model_server):
+    from gateway import create_app
+    from services.store import Store
+    from tests.conftest import free_port
+    from tests.workers import drop_keys, isolated_settings
+    settings = isolated_settings(tmp_path, model_server, index_backend="milvus",
+                                 milvus_uri=f"http://127.0.0.1:{free_port()}")
+    client = create_app({"SETTINGS": settings, "TESTING": True}).test_client()
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json["checks"]["index"].startswith("unavailable")
+        store = Store.from_settings(settings)
+        store.create_image("f" * 64)
+        store.put_vectors(client.get("/api/v1/index").json["model"], ["f" * 64], [np.ones(1280, np.float32)])
+        answer = client.post("/api/v1/search", json={"image_id": "f" * 64})
+        assert answer.status_code == 503 and answer.json["error"]["code"] == "index_unavailable"
+        assert answer.headers["Retry-After"] == "5"
+    finally:
+        drop_keys(settings)

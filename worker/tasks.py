@@ -18,7 +18,7 @@ from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 
 from services import sources
-from services.index import request_build, run_coalesced_build
+from services.index import IndexUnavailable, request_build, run_coalesced_build
 from services.tfs_client import ModelServerError, ModelServerUnavailable
 from services import context
 from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
@@ -27,7 +27,7 @@ from worker.ingest import Item, ingest_chunk
 from worker.planning import plan_job, rebuild_due
 
 logger = get_task_logger(__name__)
-TRANSIENT = (ModelServerUnavailable,)
+TRANSIENT = (ModelServerUnavailable, IndexUnavailable)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
 REDIS_BACKOFF_S = 2.0
 
@@ -59,7 +59,7 @@ def ingest(self, job_id: str, items: list[dict]) -> dict:
     ctx = context.get_context()
     try:
         result = ingest_chunk(ctx, job_id, [Item(**i) for i in items])
-    except ModelServerUnavailable as exc:
+    except TRANSIENT as exc:
         if self.request.retries < self.max_retries:
             raise  # retried with backoff
         # Out of retries: report the items, or the job would wait for them forever.

@@ -29,6 +29,11 @@ from services.store import Store
 BACKENDS = ("annoy", "milvus")
 
 
+class IndexUnavailable(Exception):
+    """The index service (Milvus) cannot be reached or refused a call: a 503 for the gateway, a
+    retry for a worker's task."""
+
+
 class IndexBackend(Protocol):
     name: str
     builds: bool

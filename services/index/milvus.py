@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from services.index.backend import IndexUnavailable
 from services.index.filters import Filter
 from services.store import Store
 
@@ -42,13 +44,29 @@ class MilvusIndex:
     builds = False
 
     def __init__(self, store: Store, model_key: str, uri: str):
-        self.store, self.model_key = store, model_key
+        self.store, self.model_key, self.uri = store, model_key, uri
         self.collection = collection_name(store.prefix, model_key)
-        self.client = MilvusClient(uri=uri)
         self.last_error: str | None = None
+        self._client: MilvusClient | None = None
         self._ready = False
         self._dim_value: int | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    @property
+    def client(self) -> MilvusClient:
+        """Connected on first use, so that a process starts while Milvus is down."""
+        if self._client is None:
+            with self._lock, self._reachable():
+                if self._client is None:
+                    self._client = MilvusClient(uri=self.uri)
+        return self._client
+
+    @contextmanager
+    def _reachable(self):
+        try:
+            yield
+        except MilvusException as e:
+            raise IndexUnavailable(f"Milvus at {self.uri}: {e}") from e
 
     # -- writes ---------------------------------------------------------------------------------
     def add(self, image_ids: list[str], vectors, records: list[dict | None]) -> None:
@@ -56,19 +74,24 @@ class MilvusIndex:
         if not image_ids:
             return
         vectors = np.asarray(vectors, np.float32)
+        with self._reachable():
+            self._upsert(image_ids, vectors, records)
+        # A delete that ran between the store write and this insert found nothing here to remove.
+        gone = [iid for iid, dead in zip(image_ids, self.store.deleted_among(image_ids)) if dead]
+        self.remove(gone)
+
+    def _upsert(self, image_ids: list[str], vectors: np.ndarray, records: list[dict | None]) -> None:
         self._ensure(vectors.shape[1])
         rows = [{"id": iid, "vector": v.tolist(), "label": (r or {}).get("label") or "",
                  "collection": (r or {}).get("collection") or "", "created_at": float((r or {}).get("created_at") or 0)}
                 for iid, v, r in zip(image_ids, vectors, records, strict=True)]
         for i in range(0, len(rows), INSERT_BATCH):
             self.client.upsert(self.collection, rows[i:i + INSERT_BATCH])
-        # A delete that ran between the store write and this insert found nothing here to remove.
-        gone = [iid for iid, dead in zip(image_ids, self.store.deleted_among(image_ids)) if dead]
-        self.remove(gone)
 
     def remove(self, image_ids: list[str]) -> None:
-        if image_ids and self._exists():
-            self.client.delete(self.collection, ids=list(image_ids))
+        with self._reachable():
+            if image_ids and self._exists():
+                self.client.delete(self.collection, ids=list(image_ids))
 
     # -- reads ----------------------------------------------------------------------------------
     def search(self, vector, k: int = 10, where: Filter | None = None) -> list[tuple[str, float]]:
@@ -85,15 +108,16 @@ class MilvusIndex:
         queries = np.asarray(vectors, np.float32)
         norms = np.linalg.norm(queries, axis=1) if queries.size else np.zeros(len(queries))
         valid = (norms > 0) & np.isfinite(norms)
-        if not valid.any() or not self._exists():
-            return [[] for _ in queries]
-        dim = self._dim()
-        if queries.shape[1] != dim:
-            raise ValueError(f"query has {queries.shape[1]} dimensions, the index {dim}")
-        found = self.client.search(
-            self.collection, data=queries[valid].tolist(), limit=k, filter=where.expression() if where else "",
-            output_fields=["id"], search_params={"metric_type": "COSINE", "params": {"ef": max(EF_MIN, k)}},
-            consistency_level="Strong")
+        with self._reachable():
+            if not valid.any() or not self._exists():
+                return [[] for _ in queries]
+            dim = self._dim()
+            if queries.shape[1] != dim:
+                raise ValueError(f"query has {queries.shape[1]} dimensions, the index {dim}")
+            found = self.client.search(
+                self.collection, data=queries[valid].tolist(), limit=k, filter=where.expression() if where else "",
+                output_fields=["id"], search_params={"metric_type": "COSINE", "params": {"ef": max(EF_MIN, k)}},
+                consistency_level="Strong")
         answers = iter(found)
         return [[(hit["id"], min(1.0, max(-1.0, float(hit["distance"])))) for hit in next(answers)] if ok else []
                 for ok in valid]
@@ -118,9 +142,10 @@ class MilvusIndex:
 
     def status(self) -> dict:
         try:
-            count = self.client.get_collection_stats(self.collection)["row_count"] if self._exists() else 0
+            with self._reachable():
+                count = self.client.get_collection_stats(self.collection)["row_count"] if self._exists() else 0
             self.last_error = None
-        except MilvusException as e:
+        except IndexUnavailable as e:
             count, self.last_error = 0, str(e)
         return {"backend": self.name, "version": 0, "count": count, "built_at": None, "fresh": 0,
                 "deleted_pending": 0, "pending": 0, "error": self.last_error}
