@@ -1,16 +1,19 @@
 """End-to-end indexing speed against the model-forward limit and against the seed's pipeline.
 
-    python benchmarks/indexing.py [--small 480] [--camera 48] [--rounds 2]
+    python benchmarks/indexing.py [--small 480] [--camera 48] [--rounds 2] [--precision fp32 --precision bf16]
 
 Two image sets made from the real photos shipped in foolbox (see design.md, "Benchmark sets"):
   small:  about 300x250 JPEGs (Caltech-256 size): the model is the limit;
   camera: 4000x3000 JPEGs (~1 MB, 12 MP): decoding is the limit.
-For each set, in alternating rounds on the same machine:
-  forward:  the SavedModel in-process at batch 32 on already-resized arrays (the ceiling);
+For each set, in alternating rounds on the same machine, and for each served precision (fp32, and
+bf16 where the CPU has it: the variant effnet_lite0_bf16, services/precision.py):
+  forward:  the SavedModel in-process at batch 32 on already-resized arrays (the ceiling), in a
+            session with the same options as the model server's (bf16: the auto-mixed precision rewrite);
   ours:     files on disk -> searchable, through the real system: a directory job run by one
-            `vsearch worker` process (threads) against `vsearch model-server` and Redis;
-  seed:     the seed's pipeline on the same backbone: resize every image to disk, then decode
-            and embed in batches of 100, then write features .npy and a paths file.
+            `vsearch worker` process (threads) against `vsearch model-server` and Redis, with
+            VSEARCH_MODEL_PRECISION set to the precision;
+  seed:     the seed's pipeline on the same backbone (fp32, in-process): resize every image to disk,
+            then decode and embed in batches of 100, then write features .npy and a paths file.
 Also prints the CPU time per image that the worker, the model server and Redis each spent during
 our job (from /proc). Needs Redis on 127.0.0.1:6379 (uses db 14 under its own key prefix, cleaned up).
 
@@ -38,6 +41,7 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from services.precision import BF16, FP32, cpu_has_bf16, served_name  # noqa: E402
 from services.store import Store  # noqa: E402
 from modelserver.process import start_model_server, stop_process  # noqa: E402
 from tests.conftest import free_port, imagenet_photos  # noqa: E402
@@ -68,15 +72,14 @@ def make_set(root: Path, count: int, size: tuple[int, int], quality: int) -> lis
 
 
 class Forward:
-    """The exported SavedModel called in-process."""
+    """The exported SavedModel called in-process, loaded as the model server loads it."""
 
-    def __init__(self, model_dir: Path):
-        import tensorflow as tf
-        self.tf = tf
-        self.fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    def __init__(self, model_base: Path, name: str):
+        from modelserver.registry import load_signature
+        _, self.run, self.session = load_signature(name, model_base / name / "1")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.fn(images=self.tf.constant(batch))["embedding"].numpy()
+        return self.run(batch)["embedding"]
 
 
 def forward_only(forward: Forward, n: int) -> float:
@@ -116,11 +119,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def ours(model_server: str, images_dir: Path, work: Path, concurrency: int, worker_cores: set[int] | None = None,
-         cpu_pids: dict[str, int] | None = None, cpu_ms: dict[str, list[float]] | None = None) -> float:
+def ours(model_server: str, images_dir: Path, work: Path, concurrency: int, precision: str,
+         worker_cores: set[int] | None = None, cpu_pids: dict[str, int] | None = None,
+         cpu_ms: dict[str, list[float]] | None = None) -> float:
     """img/s of a directory job; with `cpu_pids`, adds each process's CPU ms per image to `cpu_ms`."""
     settings = isolated_settings(work, model_server, redis_url="redis://127.0.0.1:6379/14",
-                                 allowed_roots=(images_dir.parent.resolve(),))
+                                 allowed_roots=(images_dir.parent.resolve(),), model_precision=precision)
     store, app = Store.from_settings(settings), make_celery(settings)
     worker = WorkerProcess(settings, work, concurrency=concurrency)
     if worker_cores:  # set before the interpreter has started any thread: all of them inherit it
@@ -134,6 +138,7 @@ def ours(model_server: str, images_dir: Path, work: Path, concurrency: int, work
                            timeout_s=1800, workers=[worker])
         elapsed = time.perf_counter() - start
         assert job["done"] == job["total"] and job["failed"] == 0, job
+        assert store.model_keys() == [f"{served_name('effnet_lite0', precision)}:1"], store.model_keys()
         if cpu_ms is not None:
             for name, pid in pids.items():
                 cpu_ms.setdefault(name, []).append((cpu_seconds(pid) - cpu_before[name]) / job["total"] * 1000)
@@ -151,19 +156,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--model-base", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--model-core", type=int, help="give the model this core to itself (see above)")
+    parser.add_argument("--precision", dest="precisions", action="append", choices=(FP32, BF16),
+                        help="repeatable; default: fp32, and bf16 where this CPU has it")
     args = parser.parse_args()
+    precisions = args.precisions or ([FP32, BF16] if cpu_has_bf16() else [FP32])
     worker_cores = None
     if args.model_core is not None:
         worker_cores = os.sched_getaffinity(0) - {args.model_core}
         os.sched_setaffinity(0, {args.model_core})  # before TensorFlow sizes its thread pools
     from model_export.export import export_model
-    if not (args.model_base / "effnet_lite0" / "1").exists():
-        export_model(model="effnet_lite0", out=args.model_base, version=1)
+    for precision in precisions:
+        if not (args.model_base / served_name("effnet_lite0", precision) / "1").exists():
+            export_model(model="effnet_lite0", out=args.model_base, version=1, precision=precision)
 
     tmp = Path(tempfile.mkdtemp(prefix="vsearch-bench-"))
     sets = {"small": make_set(tmp / "sets" / "small", args.small, (300, 250), 90),
             "camera": make_set(tmp / "sets" / "camera", args.camera, (4000, 3000), 92)}
-    forward = Forward(args.model_base / "effnet_lite0" / "1")
+    forwards = {p: Forward(args.model_base, served_name("effnet_lite0", p)) for p in precisions}
     port = free_port()
     server = start_model_server(args.model_base, port)
     results: dict[str, list[float]] = {}
@@ -173,24 +182,33 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for name, paths in sets.items():
-                work = tmp / f"run-{r}-{name}"
-                work.mkdir()
-                results.setdefault(f"{name} forward", []).append(forward_only(forward, len(paths)))
-                results.setdefault(f"{name} ours", []).append(
-                    ours(f"127.0.0.1:{port}", paths[0].parent.parent, work, args.concurrency, worker_cores,
-                         cpu_pids, cpu_ms.setdefault(name, {})))
+                for precision in precisions:
+                    work = tmp / f"run-{r}-{name}-{precision}"
+                    work.mkdir()
+                    results.setdefault(f"{name} forward {precision}", []).append(
+                        forward_only(forwards[precision], len(paths)))
+                    results.setdefault(f"{name} ours {precision}", []).append(
+                        ours(f"127.0.0.1:{port}", paths[0].parent.parent, work, args.concurrency, precision,
+                             worker_cores, cpu_pids, cpu_ms.setdefault(f"{name} {precision}", {})))
                 if worker_cores is None:
-                    (work / "seed").mkdir()
-                    results.setdefault(f"{name} seed", []).append(seed_pipeline(forward, paths, work / "seed"))
-                print(f"round {r + 1} {name}: " + ", ".join(f"{k.split()[1]} {v[-1]:.1f}" for k, v in results.items()
-                                                           if k.startswith(name)), flush=True)
+                    work = tmp / f"run-{r}-{name}-seed"
+                    work.mkdir()
+                    results.setdefault(f"{name} seed", []).append(seed_pipeline(forwards[FP32], paths, work))
+                print(f"round {r + 1} {name}: " + ", ".join(f"{k.split(' ', 1)[1]} {v[-1]:.1f}"
+                                                           for k, v in results.items() if k.startswith(name)),
+                      flush=True)
     finally:
         stop_process(server)
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"\n{'set':8} {'forward img/s':>14} {'ours img/s':>11} {'seed img/s':>11} {'ours/forward':>13} {'ours/seed':>10}")
+    nan = float("nan")
+    print(f"\n{'set':8} {'precision':9} {'forward img/s':>14} {'ours img/s':>11} {'seed img/s':>11} "
+          f"{'ours/forward':>13} {'ours/seed':>10} {'ours/ours fp32':>15}")
     for name, paths in sets.items():
-        f, o, s = med[f"{name} forward"], med[f"{name} ours"], med.get(f"{name} seed", float("nan"))
-        print(f"{name:8} {f:14.1f} {o:11.1f} {s:11.1f} {o / f:13.2f} {o / s:10.2f}   ({len(paths)} images)")
+        for precision in precisions:
+            f, o = med[f"{name} forward {precision}"], med[f"{name} ours {precision}"]
+            s, o32 = med.get(f"{name} seed", nan), med.get(f"{name} ours {FP32}", nan)
+            print(f"{name:8} {precision:9} {f:14.1f} {o:11.1f} {s:11.1f} {o / f:13.2f} {o / s:10.2f} {o / o32:15.2f}"
+                  f"   ({len(paths)} images)")
     print("\nCPU ms per image during our job (median over rounds):")
     for name, per_process in cpu_ms.items():
         print(f"  {name}: " + ", ".join(f"{p} {statistics.median(v):.2f}" for p, v in per_process.items()))

@@ -171,11 +171,13 @@ def resize_cmd(input_dir, output_dir, width, height):
 def features_cmd(input_dir, output_feature_file, output_image_name_file, model_server, batch_size):
     """Embed every image below a folder through the model server (the seed's myalexnet_feature)."""
     from cli.features import extract_features
-    from services.tfs_client import ModelServerError
+    from services.tfs_client import ModelServerError, choose_served_name
     settings = _settings()
+    target = model_server or settings.model_server
     try:
-        names, failed = extract_features(input_dir, output_feature_file, output_image_name_file,
-                                         model_server or settings.model_server, settings.model_name, batch_size)
+        name = choose_served_name(target, settings.model_name, settings.model_precision)
+        names, failed = extract_features(input_dir, output_feature_file, output_image_name_file, target, name,
+                                         batch_size)
     except ModelServerError as exc:
         _fail(exc)
     click.echo(f"wrote {len(names)} features to {output_feature_file} and names to {output_image_name_file}; "

@@ -22,17 +22,20 @@ def eval_cmd(dataset_dir, out, copies, model_server, no_seed, no_plots):
     from contextlib import nullcontext
     from evaluation import harness, report
     from evaluation.server import local_model_server
-    from services.tfs_client import ModelClient
+    from services.tfs_client import ModelClient, choose_served_name
     settings = read_settings()
     seed = None
     if not no_seed:
         click.echo("building the network in-process for the seed-style baseline", err=True)
         from model_export.seed_features import SeedFeatures
         seed = SeedFeatures()
-    server = nullcontext(model_server) if model_server else local_model_server(settings.model_base, settings.model_name)
+    server = nullcontext(model_server) if model_server else local_model_server(
+        settings.model_base, settings.model_name, settings.model_precision)
     try:
         with server as target:
-            client = ModelClient(target, settings.model_name, timeout_s=settings.model_timeout_s)
+            name = choose_served_name(target, settings.model_name, settings.model_precision)
+            click.echo(f"evaluating {name} (VSEARCH_MODEL_PRECISION={settings.model_precision})", err=True)
+            client = ModelClient(target, name, timeout_s=settings.model_timeout_s)
             try:
                 results = harness.evaluate(dataset_dir, client, copies=copies, seed_features=seed,
                                            progress=lambda m: click.echo(m, err=True))

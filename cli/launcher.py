@@ -6,6 +6,7 @@ gateway. A role that dies is restarted with backoff and reported; Ctrl-C stops e
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ import requests
 
 from services.config import PREFIX, Settings
 from modelserver.process import free_port
+from services.precision import AUTO, BF16, CPUINFO, FP32, cpu_has_bf16, served_name
 
 log = logging.getLogger("vsearch.up")
 
@@ -59,10 +61,19 @@ def embedded_redis_binary() -> str | None:
         return None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the service on this machine."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class Launcher:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-                 concurrency: int = 4, var_dir: Path = Path("var")):
+                 concurrency: int = 4, var_dir: Path = Path("var"), cpuinfo: Path = CPUINFO):
         self.settings, self.host, self.port = settings, host, port
+        self.cpuinfo = cpuinfo  # where the CPU's bf16 support is read
         self.workers, self.concurrency, self.var_dir = workers, concurrency, var_dir
         self.roles: list[Role] = []
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -75,12 +86,22 @@ class Launcher:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         if not _redis_alive(s.redis_url):
             self._start_embedded_redis()
-        if not any((Path(s.model_base) / s.model_name).glob("*/saved_model.pb")):
-            from model_export.export import export_model
-            log.info("exporting the %s model to %s (first run only)", s.model_name, s.model_base)
-            export_model(model=s.model_name, out=Path(s.model_base), version=1)
+        for precision in self.precisions():
+            name = served_name(s.model_name, precision)
+            if not any((Path(s.model_base) / name).glob("*/saved_model.pb")):
+                from model_export.export import export_model
+                log.info("exporting the %s model to %s (first run only)", name, s.model_base)
+                export_model(model=s.model_name, out=Path(s.model_base), version=1, precision=precision)
         self.env.update({PREFIX + "REDIS_URL": self.settings.redis_url,
                          PREFIX + "GATEWAY_URL": self.url})
+
+    def precisions(self) -> list[str]:
+        """The model variants this machine serves: fp32, and bf16 where the CPU has it (the model
+        server started below serves the same); VSEARCH_MODEL_PRECISION narrows it to one."""
+        wanted = self.settings.model_precision
+        if wanted != AUTO:
+            return [wanted]
+        return [FP32, BF16] if cpu_has_bf16(self.cpuinfo) else [FP32]
 
     def _start_embedded_redis(self) -> None:
         binary = embedded_redis_binary()
@@ -117,8 +138,9 @@ class Launcher:
         s, py = self.settings, [sys.executable, "-m", "cli.main"]
         host, _, port = s.model_server.rpartition(":")
         if host in ("127.0.0.1", "localhost", "0.0.0.0") and not _port_open("127.0.0.1", int(port)):
+            bf16 = "--bf16" if BF16 in self.precisions() else "--no-bf16"
             self._add(Role("model-server", py + ["model-server", "--model-base", str(s.model_base),
-                                                 "--host", "127.0.0.1", "--port", port]))
+                                                 "--host", "127.0.0.1", "--port", port, bf16]))
         for i in range(self.workers):
             self._add(Role(f"worker-{i + 1}", py + ["worker", "-Q", "ingest", "-c", str(self.concurrency),
                                                     "-n", f"ingest{i + 1}@%h"]))

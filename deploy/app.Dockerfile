@@ -10,6 +10,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+# Annoy's setup.py adds -march=native unless ANNOY_COMPILER_ARGS is set: an image built on a new CPU
+# would then die with SIGILL on an older node. Its other flags, without CPU tuning: portable.
+ENV ANNOY_COMPILER_ARGS="-D_CRT_SECURE_NO_WARNINGS,-DANNOYLIB_MULTITHREADED_BUILD,-O3,-ffast-math,-fno-associative-math"
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -23,10 +23,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     app.config.update(test_config or {})
 
-    from gateway import errors, metrics, resources
+    from gateway import auth, errors, limits, metrics, resources
     errors.init_app(app)
     resources.init_app(app)
     metrics.init_app(app)
+    auth.init_app(app)
+    limits.init_app(app)
 
     from gateway import api_images, api_jobs, api_search, health, openapi, web
     for module in (api_images, api_jobs, api_search, health, openapi):

@@ -9,8 +9,9 @@ from flask import Blueprint, send_file
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import json_body, optional_collection, optional_label, uploaded_files, url_list
+from gateway.inputs import json_body, optional_collection, optional_label, shown_source, uploaded_files, url_list
 from services import files
+from services.sources import printable
 from services.images import ALLOWED_FORMATS, ImageError, sniff_format
 from services.store import image_id as hash_id
 from services.jobs import request_rebuild, submit_job
@@ -31,6 +32,7 @@ def save_uploads(res, uploads: list[tuple[str, bytes]], label: str | None, colle
     """Keeps valid uploads in incoming/ for the job; answers per upload."""
     items, answers = [], []
     for n, (name, data) in enumerate(uploads):
+        name = printable(name)
         fmt = sniff_format(data) if data else None
         if fmt not in ALLOWED_FORMATS:
             reason = "the file is empty" if not data else f"not a supported image ({fmt or 'unknown format'})"
@@ -71,10 +73,11 @@ def add_images():
 
 @bp.get("/<image_id>")
 def get_image(image_id: str):
-    record = resources.get().store.get_image(checked_id(image_id))
+    res = resources.get()
+    record = res.store.get_image(checked_id(image_id))
     if record is None or record["status"] == "deleted":
         raise ApiError(404, "not_found", f"no image {image_id}")
-    return record
+    return record | {"source": shown_source(res.settings, record.get("source"))}
 
 
 def _send(path, mimetype: str):

@@ -8,7 +8,7 @@ from flask import Blueprint, request
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import json_body, optional_collection, url_list
+from gateway.inputs import json_body, optional_collection, optional_label, url_list
 from services import files, sources
 from services.jobs import submit_job
 
@@ -43,7 +43,7 @@ def create_job():
         return {"job_id": submit_job(res.celery, res.store, spec)}, 202
     if "urls" in body or "url" in body:
         urls = url_list(body, res.settings.max_urls_per_job)
-        spec = {"kind": "urls", "urls": urls, "label": body.get("label"), "collection": collection}
+        spec = {"kind": "urls", "urls": urls, "label": optional_label(body), "collection": collection}
         return {"job_id": submit_job(res.celery, res.store, spec, total=len(urls))}, 202
     raise ApiError(400, "no_job", "send JSON with 'directory' or 'urls', or a multipart 'archive'")
 

@@ -6,8 +6,8 @@ from flask import Blueprint, url_for
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import image_error, json_body, parse_k, search_filter, source_error, uploaded_files
-from gateway.metrics import SEARCH_SECONDS
+from gateway.inputs import image_error, json_body, parse_k, search_filter, shown_source, source_error, uploaded_files
+from gateway.metrics import SEARCH_MODEL_IMAGES, SEARCH_SECONDS
 from services import search as search_service
 from services.images import ImageError
 from services.search import Hit, NotIndexed, SearchResult
@@ -49,10 +49,10 @@ def run_search(res, query: dict, k: int, where=None) -> SearchResult:
         raise ApiError(502, "model_error", str(exc)) from None
 
 
-def describe(hit: Hit) -> dict:
+def describe(hit: Hit, settings) -> dict:
     record = hit.record or {}
     return {"id": hit.id, "score": round(hit.score, 6), "match": round(hit.match, 6),
-            "label": record.get("label"), "source": record.get("source"),
+            "label": record.get("label"), "source": shown_source(settings, record.get("source")),
             "near_duplicate_of": record.get("near_duplicate_of"),
             "thumbnail_url": url_for("images.thumbnail", image_id=hit.id)}
 
@@ -65,7 +65,9 @@ def search():
     res = resources.get()
     result = run_search(res, query_of(body), k, where)
     SEARCH_SECONDS.labels(result.kind).observe(result.took_ms / 1000)
-    return {"results": [describe(hit) for hit in result.hits], "took_ms": result.took_ms,
+    if result.model_images:
+        SEARCH_MODEL_IMAGES.labels(result.kind).observe(result.model_images)
+    return {"results": [describe(hit, res.settings) for hit in result.hits], "took_ms": result.took_ms,
             "index_version": result.index_version}
 
 

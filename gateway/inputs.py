@@ -2,25 +2,77 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import PurePosixPath
 
-from flask import request
+from flask import g, request
 
 from gateway.errors import ApiError
 from services.index.filters import Filter, check_collection
 from services.images import ImageError
 from services.sources import SourceError
+from services.store import check_label
 
 MAX_K = 100
+MAX_JSON_DEPTH = 16  # the API's bodies are two levels deep
 _IMAGE_STATUS = {"too_large": 413, "unsupported_format": 415}
 
 
 def json_body() -> dict:
+    """The JSON object sent, or {} for another content type. Strict: what Python's json would
+    accept but nothing downstream can hold is a 400 `bad_json` (NaN, Infinity, numbers beyond a
+    float like 1e400, integers of thousands of digits, lone surrogates, deep nesting)."""
     if not request.is_json:
         return {}
-    body = request.get_json(silent=True)
+    if "json_body" not in g:
+        g.json_body = _parse_json(request.get_data(cache=True))
+    return g.json_body
+
+
+def _parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(400, "bad_json", f"the body is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
+    _check_values(body)
     return body
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond a float")
+    return value
+
+
+def _check_values(body: dict) -> None:
+    """Nesting depth and text (keys too) that encodes as UTF-8, checked without recursion."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, "bad_json", f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            for text in (key, item):
+                if isinstance(text, str) and not _utf8(text):
+                    raise ApiError(400, "bad_json", "the body holds a lone surrogate (\\ud800-\\udfff)")
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def uploaded_files(field: str = "file") -> list[tuple[str, bytes]]:
@@ -77,7 +129,18 @@ def search_filter(body: dict) -> Filter | None:
 
 
 def optional_label(body: dict) -> str | None:
-    label = body.get("label", request.form.get("label"))
-    if label is not None and (not isinstance(label, str) or len(label) > 200):
-        raise ApiError(400, "bad_label", "label must be a string of at most 200 characters")
-    return label or None
+    """The `label` of a JSON body or a form, checked as the worker checks it (store.check_label)."""
+    try:
+        return check_label(body.get("label", request.form.get("label")))
+    except ValueError as exc:
+        raise ApiError(400, "bad_label", str(exc)) from None
+
+
+def shown_source(settings, source: str | None) -> str | None:
+    """An image's `source` as this caller may see it: read-only callers get a directory job's
+    server path relative to its allowed root (URLs are stored redacted already)."""
+    if source is None or g.get("can_write") or not source.startswith("/"):
+        return source
+    path = PurePosixPath(source)
+    root = next((r for r in settings.allowed_roots if path.is_relative_to(r)), None)
+    return str(path.relative_to(root)) if root is not None else path.name

@@ -12,9 +12,14 @@ REQUEST_SECONDS = Histogram("vsearch_http_request_seconds", "HTTP request latenc
                             registry=REGISTRY, buckets=_BUCKETS)
 SEARCH_SECONDS = Histogram("vsearch_search_seconds", "Search latency by query kind", ["kind"],
                            registry=REGISTRY, buckets=_BUCKETS)
+SEARCH_MODEL_IMAGES = Histogram("vsearch_search_model_images",
+                                "Images embedded in a query's model call (its views), by query kind", ["kind"],
+                                registry=REGISTRY, buckets=(1, 2, 3, 4, 6, 8))
 INDEX_ITEMS = Gauge("vsearch_index_items", "Vectors in the published Annoy index", registry=REGISTRY)
 INDEX_VERSION = Gauge("vsearch_index_version", "Version of the index this process serves", registry=REGISTRY)
 INDEX_FRESH = Gauge("vsearch_index_fresh_items", "Vectors searched exactly, not yet in Annoy", registry=REGISTRY)
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 bp = Blueprint("metrics", __name__)
 
@@ -42,6 +47,7 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _observe(response):
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(
+        method = request.method if request.method in _METHODS else "other"  # bounded label values
+        REQUEST_SECONDS.labels(route, method, str(response.status_code)).observe(
             time.perf_counter() - g.get("metrics_started", time.perf_counter()))
         return response

@@ -8,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 
+from services.precision import PRECISIONS, served_name
+
 from .errors import ModelExportError
 
 logger = logging.getLogger(__name__)
@@ -26,8 +28,12 @@ def export_model(
     weights: str | Path | None = None,
     layer: str = ALEXNET_LAYERS[0],
     overwrite: bool = False,
+    precision: str = "fp32",
 ) -> Path:
     """Writes `<out>/<model>/<version>/` and returns that folder.
+
+    precision: "bf16" writes the same graph as the variant `<model>_bf16` (services/precision.py):
+    model servers run that name with bf16 auto-mixed precision, so its vectors get a key of their own.
 
     weights: a path or http(s) URL; effnet_lite0 reads a PyTorch state_dict (None: the packaged
     pretrained one), alexnet needs `bvlc_alexnet.npy`. layer: AlexNet's embedding layer, fc6 or fc7
@@ -43,16 +49,19 @@ def export_model(
         raise ModelExportError(f"layer applies to alexnet only; {model} embeds its pooled features")
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ModelExportError(f"version must be a non-negative integer, not {version!r}")
+    if precision not in PRECISIONS:
+        raise ModelExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if model == "alexnet" and weights is None:
         raise ModelExportError("alexnet needs weights: a path or URL of bvlc_alexnet.npy")
 
     from . import savedmodel
 
-    savedmodel.version_dir(Path(out), model, version, overwrite)  # fail before loading any weights
+    name = served_name(model, precision)
+    savedmodel.version_dir(Path(out), name, version, overwrite)  # fail before loading any weights
     started = time.perf_counter()
     network = _build(model, weights, layer)
-    target = savedmodel.write_savedmodel(network, Path(out), model, version, overwrite)
-    logger.info("exported %s to %s in %.1f s", model, target, time.perf_counter() - started)
+    target = savedmodel.write_savedmodel(network, Path(out), name, version, overwrite)
+    logger.info("exported %s to %s in %.1f s", name, target, time.perf_counter() - started)
     return target
 
 

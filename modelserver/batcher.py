@@ -83,9 +83,12 @@ class Batcher:
         try:
             images = batch[0].images if len(batch) == 1 else np.concatenate([t.images for t in batch])
             outputs = self._run_chunked(images)
-        except Exception as exc:  # every caller of the batch learns why
-            for task in batch:
-                task.future.set_exception(exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:  # one caller's input may be to blame: each runs alone, so only it fails
+                for task in batch:
+                    self._execute([task])
             return
         start = 0
         for task in batch:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from services.tfs_client import ModelClient, ModelServerError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -2,7 +2,9 @@
 
 Queues: `ingest` (decode, resize, embed, store: any number of workers) and `index` (Annoy builds: one
 consumer, `vsearch worker --queues index --concurrency 1`). Tasks are idempotent (image id = SHA-256
-of the bytes), so they are acknowledged late and a task whose worker dies is delivered again.
+of the bytes), so they are acknowledged late and a task whose worker dies is delivered again; index
+builds are the exception (acked on receipt, see worker/tasks.py): a build may outlast the visibility
+timeout and must not run twice.
 """
 from __future__ import annotations
 

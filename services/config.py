@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from services.precision import AUTO, PRECISIONS
+
 PREFIX = "VSEARCH_"
 
 
@@ -26,6 +28,8 @@ class Settings:
     # Model server (TF Serving or `vsearch model-server`), gRPC host:port.
     model_server: str = "127.0.0.1:8500"
     model_name: str = "effnet_lite0"
+    # fp32, bf16 or auto: bf16 when the model server serves the bf16 variant (services/precision.py).
+    model_precision: str = "auto"
     model_base: Path = Path("var/models")
     model_timeout_s: float = 30.0
     model_batch_size: int = 32
@@ -33,8 +37,18 @@ class Settings:
     data_dir: Path = Path("var/data")
     # Bulk directory jobs may only read below these roots (os.pathsep separated).
     allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
-    # Bearer token required on writes when set.
+    # Bearer tokens: `api_token` for writes and reads, `read_token` for reads only. With either set,
+    # every /api/v1 route but health needs one; with none, the gateway answers only requests whose
+    # Host is loopback or listed in `allowed_hosts` (no DNS rebinding) and whose Origin, if any, is
+    # that same host (no cross-site POSTs from a web page).
     api_token: str | None = None
+    read_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    # Gateway limits: query images decode to at most this many pixels; requests at once per process
+    # (more get 503 + Retry-After); a request body must arrive within this time.
+    max_query_pixels: int = 40_000_000
+    max_concurrent_requests: int = 16
+    request_body_timeout_s: float = 30.0
     max_upload_mb: int = 64
     max_image_pixels: int = 80_000_000
     near_duplicate_threshold: float = 0.97
@@ -52,9 +66,11 @@ class Settings:
     # URL ingest: private/loopback targets are refused unless this is set (on-prem sources, tests).
     allow_private_urls: bool = False
     url_timeout_s: float = 15.0
+    url_ports: tuple[int, ...] = ()  # when set, the only ports URL fetches may use
     max_urls_per_job: int = 10_000
     max_archive_members: int = 50_000
     max_archive_mb: int = 4096
+    archive_timeout_s: float = 600.0  # wall clock to list and extract one archive
     # Celery: a task unacknowledged this long (its worker died) is delivered again; above the longest task.
     task_visibility_timeout_s: int = 600
     task_time_limit_s: int = 300
@@ -77,6 +93,8 @@ class Settings:
     def __post_init__(self):
         if self.index_backend not in ("annoy", "milvus"):
             raise ValueError(f"{PREFIX}INDEX_BACKEND must be annoy or milvus, not {self.index_backend!r}")
+        if self.model_precision not in (AUTO, *PRECISIONS):
+            raise ValueError(f"{PREFIX}MODEL_PRECISION={self.model_precision!r}: use {AUTO}, {' or '.join(PRECISIONS)}")
         # Absolute paths: the gateway serves files and children inherit these (cwd-independent).
         for name in ("model_base", "data_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
@@ -90,6 +108,10 @@ def _parse(name: str, type_name: str, raw: str):
     try:
         if "tuple[Path" in type_name:
             return _split_paths(raw)
+        if "tuple[int" in type_name:
+            return tuple(int(p) for p in raw.replace(",", " ").split())
+        if "tuple[str" in type_name:
+            return tuple(p for p in raw.replace(",", " ").split())
         if "Path" in type_name:
             return Path(raw).expanduser()
         if type_name.startswith("bool"):

@@ -14,8 +14,9 @@ from celery import Celery
 from services.broker import make_celery
 from services.config import Settings
 from services.index import IndexBackend, open_index
+from services.precision import check_same
 from services.store import Store
-from services.tfs_client import ModelClient
+from services.tfs_client import ModelClient, choose_served_name
 
 
 class Context:
@@ -29,25 +30,30 @@ class Context:
 
     @cached_property
     def model_key(self) -> str:
-        """The model version whose vectors the index holds ("name:version"), recorded in Redis by
-        the first ingest; a new version is adopted only by a re-embed. Until then: the newest."""
-        active = self.store.active_model(self.settings.model_name)
+        """The served model and version whose vectors the index holds ("name:version"), recorded in
+        Redis by the first ingest; a new version is adopted only by a re-embed. Until then: the newest
+        version of the variant in the configured precision (auto: bf16 if served, else fp32).
+        Raises PrecisionMismatch if the index holds the other precision than the one configured."""
+        s = self.settings
+        active = self.store.active_model(s.model_name)
         if active is None:
-            newest = self._client(version=None)
+            newest = self._client(choose_served_name(s.model_server, s.model_name, s.model_precision), None)
             try:
-                active = self.store.adopt_model(self.settings.model_name, newest.info().key)
+                active = self.store.adopt_model(s.model_name, newest.info().key)
             finally:
                 newest.close()
+        check_same(active, s.model_precision)
         return active
 
     @cached_property
     def model(self) -> ModelClient:
-        """A client pinned to the version of `model_key`."""
-        return self._client(version=int(self.model_key.rsplit(":", 1)[1]))
+        """A client pinned to the served model and version of `model_key`."""
+        name, version = self.model_key.rsplit(":", 1)
+        return self._client(name, int(version))
 
-    def _client(self, version: int | None) -> ModelClient:
+    def _client(self, name: str, version: int | None) -> ModelClient:
         s = self.settings
-        return ModelClient(s.model_server, s.model_name, s.model_timeout_s, s.model_batch_size, version=version)
+        return ModelClient(s.model_server, name, s.model_timeout_s, s.model_batch_size, version=version)
 
     @cached_property
     def celery(self) -> Celery:

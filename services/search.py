@@ -34,6 +34,7 @@ class SearchResult:
     kind: str  # "upload", "url" or "image_id"
     took_ms: float
     index_version: int
+    model_images: int = 0  # images embedded by the query's one model call (its views); 0: none
 
 
 def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: str | None = None,
@@ -43,6 +44,7 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
     if sum(x is not None for x in (data, url, image_id)) != 1:
         raise ValueError("give exactly one of data, url, image_id")
     started = time.perf_counter()
+    model_images = 0
     if image_id is not None:
         kind = "image_id"
         try:  # the query is an indexed image itself: its neighbours by cosine
@@ -54,15 +56,17 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
         if url is not None:
             data = fetch_with_settings(url, ctx.settings)
         embeddings, layouts = embed_views(ctx, data)
+        model_images = len(embeddings)
         ranked = copy_detection.search_copies(ctx.searcher, ctx.store, ctx.model_key, embeddings, layouts, k,
                                               where=where)
     records = ctx.store.get_images([i for i, _, _ in ranked])
     hits = [Hit(i, score, match, record) for (i, score, match), record in zip(ranked, records)]
-    return SearchResult(hits, kind, round((time.perf_counter() - started) * 1000, 2), ctx.searcher.version)
+    return SearchResult(hits, kind, round((time.perf_counter() - started) * 1000, 2), ctx.searcher.version,
+                        model_images)
 
 
 def embed_views(ctx, data: bytes):
     """Embeddings and layouts of the query's views (itself or de-rotated, mirrored, trimmed)."""
     size = ctx.model.info().input_size[0]
-    image = images.decode(data, ctx.settings.max_image_pixels, draft_for=size)
+    image = images.decode(data, ctx.settings.max_query_pixels, draft_for=size)  # the query pixel budget
     return copy_detection.query_embeddings(ctx.model, image)

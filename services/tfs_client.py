@@ -17,6 +17,7 @@ from typing import Sequence
 import grpc
 import numpy as np
 
+from services.precision import AUTO, BF16, served_name
 from services.protos import tfserving_pb2 as pb
 from services.model_contract import EMBEDDING, INPUT, SIGNATURE, fill_tensor, tensor_to_array
 
@@ -147,6 +148,22 @@ class ModelClient:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def choose_served_name(target: str, model: str, precision: str, timeout_s: float = 5.0) -> str:
+    """The served name to embed with: `model` in `precision` (services/precision.py); with "auto",
+    the bf16 variant if the server at `target` serves it (it does only on a CPU with bf16), else fp32."""
+    if precision != AUTO:
+        return served_name(model, precision)
+    client = ModelClient(target, served_name(model, BF16), timeout_s=timeout_s)
+    try:
+        return client.model if client.available_versions(timeout_s) else model
+    except ModelServerError as exc:
+        if exc.code != grpc.StatusCode.NOT_FOUND:
+            raise
+        return model
+    finally:
+        client.close()
 
 
 def _parse_metadata(response: pb.GetModelMetadataResponse) -> ModelInfo:

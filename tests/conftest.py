@@ -147,3 +147,12 @@ def deployment(request, tmp_path_factory, model_server) -> Deployment:
 @pytest.fixture
 def client(deployment):
     return deployment.client()
+
+
+@pytest.fixture(scope="session")
+def hostile(tmp_path_factory, model_server, photos):
+    """The stack of tests/hostile.py (gunicorn gateways, a worker), shared by the hostile suites."""
+    from tests.hostile import start_stack, stop_stack
+    stack = start_stack(tmp_path_factory.mktemp("hostile"), model_server, photos)
+    yield stack
+    stop_stack(stack)

@@ -47,6 +47,7 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 
 
 EXPORT_ONCE = ROOT / "deploy" / "export-once.sh"
+TFSERVING_START = ROOT / "deploy" / "tfserving" / "start.sh"
 
 
 # The oldest Kubernetes release the manifests are written for.
@@ -76,6 +77,7 @@ TF_SERVING_FLAGS = {
     "file_system_poll_wait_seconds", "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "grpc_channel_arguments", "grpc_max_threads",
     "enable_model_warmup", "monitoring_config_file", "allow_version_labels_for_unavailable_models",
+    "mixed_precision",
 }
 
 
@@ -240,6 +242,11 @@ def flag_values(args: list[str]) -> dict[str, str]:
     return values
 
 
+def options_values(command: list[str], name: str) -> list[str]:
+    """Every value of a repeatable option."""
+    return [command[i + 1] for i, token in enumerate(command[:-1]) if token == name]
+
+
 def option_value(command: list[str], *names: str) -> str | None:
     for i, token in enumerate(command):
         for name in names:
@@ -306,9 +313,9 @@ def venv_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def model_server_config():
+def model_server_config(file: str = "models.config"):
     from tensorflow_serving.config import model_server_config_pb2
-    return text_format.Parse((TFSERVING_DIR / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    return text_format.Parse((TFSERVING_DIR / file).read_text(), model_server_config_pb2.ModelServerConfig())
 
 
 def batching_parameters() -> dict[str, int]:
@@ -463,9 +470,10 @@ def workload_running(command_head: list[str]) -> dict:
 
 class _FakeTFServingStatus(QuietHandler):
     state = "AVAILABLE"
+    model = "effnet_lite0"
 
     def do_GET(self):
-        if self.path != "/v1/models/effnet_lite0":
+        if self.path != f"/v1/models/{self.model}":
             self.send_error(404)
             return
         body = json.dumps({"model_version_status": [

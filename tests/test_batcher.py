@@ -68,3 +68,19 @@ def test_model_failure_reaches_every_caller_and_the_batcher_keeps_running():
     run.fail = False
     assert batcher.submit(np.ones((2, 1), dtype=np.int64))["sum"].tolist() == [1, 1]
     batcher.close()
+
+
+def test_a_refused_input_fails_alone_not_the_requests_batched_with_it():
+    def run(images):
+        if (images < 0).any():
+            raise ValueError("the model refuses negative input")
+        time.sleep(0.02)
+        return {"sum": images.reshape(len(images), -1).sum(axis=1)}
+    batcher = Batcher(run, max_batch=8, timeout_s=0.05)
+    inputs = [np.full((1, 2), -1 if i == 3 else i, dtype=np.int64) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(batcher.submit, x) for x in inputs]
+        outcomes = [f.exception() or f.result()["sum"].tolist() for f in futures]
+    batcher.close()
+    assert isinstance(outcomes[3], ValueError)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [[2 * i] for i in range(6) if i != 3]

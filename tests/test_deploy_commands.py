@@ -15,7 +15,8 @@ import yaml
 
 from tests.conftest import ROOT, free_port, stop_process
 from tests.deploy_files import (
-    EXPORT_ONCE, GATEWAY_PORT, GRPC_PORT, MODEL_SERVER_OVERRIDE, REST_PORT,
+    EXPORT_ONCE, GATEWAY_PORT, GRPC_PORT, MODEL_SERVER_OVERRIDE, REST_PORT, TF_SERVING_FLAGS, TFSERVING_DIR,
+    TFSERVING_START, flag_values,
     _FakeTFServingStatus, _redis_reachable, environment, option_value, service,
     venv_env,
 )
@@ -40,6 +41,7 @@ def test_model_export_one_shot_exports_once_then_does_nothing(one_shot_export):
     version_dir = base / option_value(command, "--model") / option_value(command, "--version")
     pb = version_dir / "saved_model.pb"
     assert pb.is_file() and (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    assert (base / f"{version_dir.parent.name}_bf16" / version_dir.name / "saved_model.pb").is_file()
     written = pb.stat().st_mtime_ns
     second = subprocess.run(local, cwd=base, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -91,8 +93,9 @@ def test_redis_command_runs_with_persistence(tmp_path):
     assert any(tmp_path.rglob("*.aof")), "append-only file written to --dir"
 
 
+@pytest.mark.parametrize("model", ["effnet_lite0", "effnet_lite0_bf16"])
 @pytest.mark.parametrize("state, healthy", [("AVAILABLE", True), ("LOADING", False), (None, False)])
-def test_tfserving_healthcheck_needs_no_curl_and_wants_an_available_version(state, healthy):
+def test_tfserving_healthcheck_needs_no_curl_and_wants_an_available_version(state, healthy, model):
     if shutil.which("bash") is None:
         pytest.skip("no bash here")
     test = service("tfserving")["healthcheck"]["test"]
@@ -100,7 +103,7 @@ def test_tfserving_healthcheck_needs_no_curl_and_wants_an_available_version(stat
         port = free_port()  # nothing listens
         server = None
     else:
-        handler = type("Handler", (_FakeTFServingStatus,), {"state": state})
+        handler = type("Handler", (_FakeTFServingStatus,), {"state": state, "model": model})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         port = server.server_address[1]
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -189,3 +192,44 @@ def test_index_builder_command_starts_and_answers_its_healthcheck(tmp_path):
     finally:
         stop_process(proc, timeout_s=20)
         drop_keys(settings)
+
+
+def run_start_script(tmp_path, cpu_flags: str, precision: str | None) -> subprocess.CompletedProcess:
+    """deploy/tfserving/start.sh with a stand-in tensorflow_model_server that prints its arguments
+    (the real binary lives in the official image only) and a cpuinfo with `cpu_flags`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stand_in = bin_dir / "tensorflow_model_server"
+    stand_in.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    stand_in.chmod(0o755)
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {cpu_flags}\n")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CPUINFO": str(tmp_path / "cpuinfo")}
+    if precision is not None:
+        env["VSEARCH_MODEL_PRECISION"] = precision
+    return subprocess.run(["sh", str(TFSERVING_START), "--port=8500"], env=env, capture_output=True, text=True,
+                          timeout=10)
+
+
+@pytest.mark.parametrize("cpu_flags, precision, served", [
+    ("avx512_bf16 avx512_vnni", None, "bf16"), ("amx_bf16 amx_tile", "auto", "bf16"),
+    ("avx512_vnni", None, "fp32"), ("", "auto", "fp32"),
+    ("avx512_bf16", "fp32", "fp32"),  # forced
+])
+def test_tfserving_start_serves_bf16_where_the_cpu_has_it(tmp_path, cpu_flags, precision, served):
+    result = run_start_script(tmp_path, cpu_flags, precision)
+    assert result.returncode == 0, result.stderr
+    flags = flag_values(result.stdout.splitlines())
+    assert set(flags) <= TF_SERVING_FLAGS and flags["port"] == "8500"
+    config = flags["model_config_file"]
+    assert config.rsplit("/", 1)[0] == str(TFSERVING_DIR)
+    if served == "bf16":
+        assert (config.rsplit("/", 1)[1], flags.get("mixed_precision")) == ("models.bf16.config", "bfloat16")
+    else:
+        assert config.rsplit("/", 1)[1] == "models.config" and "mixed_precision" not in flags
+    assert f"serving in {served}" in result.stderr
+
+
+@pytest.mark.parametrize("precision, words", [("bf16", "no bf16 instructions"), ("fp16", "auto, fp32 or bf16")])
+def test_tfserving_start_refuses_what_it_cannot_serve(tmp_path, precision, words):
+    result = run_start_script(tmp_path, "avx512_vnni", precision)
+    assert result.returncode != 0 and words in result.stderr and not result.stdout

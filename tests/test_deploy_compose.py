@@ -20,7 +20,7 @@ from tests.deploy_files import (
     TF_SERVING_FLAGS, VSEARCH_VAR, batching_parameters, check_vsearch_command, compose,
     compose_raw, dockerignored, environment, flag_values, host_port,
     interpolate, interpolated_names, model_server_config, mount_for, mounts,
-    option_value, read_env_file, schema_errors, service,
+    option_value, options_values, read_env_file, schema_errors, service, TFSERVING_START,
 )
 
 
@@ -179,17 +179,22 @@ def test_model_export_writes_into_the_models_volume_that_tfserving_reads():
     assert out == environment(export)["VSEARCH_MODEL_BASE"]
     assert model == environment(service("worker"))["VSEARCH_MODEL_NAME"]
     assert mounts(export)[out].source == "models" and not mounts(export)[out].read_only
-    config = model_server_config()
-    (entry,) = config.model_config_list.config
-    assert entry.name == model
-    holder = mount_for(entry.base_path, mounts(tfs))
-    assert holder.source == "models" and holder.read_only
-    assert PurePosixPath(entry.base_path) == PurePosixPath(holder.target) / model
+    assert set(options_values(command, "--precision")) == {"fp32", "bf16"}, "both variants, the server picks"
+    for config, name in ((model_server_config(), model), (model_server_config("models.bf16.config"), f"{model}_bf16")):
+        (entry,) = config.model_config_list.config
+        assert entry.name == name
+        holder = mount_for(entry.base_path, mounts(tfs))
+        assert holder.source == "models" and holder.read_only
+        assert PurePosixPath(entry.base_path) == PurePosixPath(holder.target) / name
 
 
 def test_tfserving_ports_flags_and_config_files():
     tfs = service("tfserving")
-    assert tfs["entrypoint"] == ["tensorflow_model_server"]
+    shell, script = tfs["entrypoint"]
+    assert shell == "sh"
+    holder = mount_for(script, mounts(tfs))
+    assert holder and holder.read_only
+    assert ROOT / holder.source / PurePosixPath(script).relative_to(holder.target) == TFSERVING_START
     flags = flag_values(tfs["command"])
     assert set(flags) <= TF_SERVING_FLAGS, set(flags) - TF_SERVING_FLAGS
     assert (int(flags["port"]), int(flags["rest_api_port"])) == (GRPC_PORT, REST_PORT)
@@ -197,7 +202,8 @@ def test_tfserving_ports_flags_and_config_files():
     host, port = host_port(environment(service("worker"))["VSEARCH_MODEL_SERVER"])
     assert (host, port) == ("tfserving", GRPC_PORT)
     assert flags["enable_batching"] == "true"
-    for flag, file in (("model_config_file", "models.config"), ("batching_parameters_file", "batching.config")):
+    assert "model_config_file" not in flags and "mixed_precision" not in flags, "start.sh picks them"
+    for flag, file in (("batching_parameters_file", "batching.config"),):
         holder = mount_for(flags[flag], mounts(tfs))
         assert holder and holder.read_only, flag
         assert (ROOT / holder.source / PurePosixPath(flags[flag]).relative_to(holder.target)) == TFSERVING_DIR / file
@@ -205,7 +211,8 @@ def test_tfserving_ports_flags_and_config_files():
     assert f":{REST_PORT}" not in json.dumps(tfs.get("ports", []))  # internal only
     probe = tfs["healthcheck"]["test"]
     assert probe[:3] == ["CMD", "bash", "-c"]
-    assert f"/dev/tcp/127.0.0.1/{REST_PORT}" in probe[3] and "/v1/models/effnet_lite0" in probe[3]
+    assert f"/dev/tcp/127.0.0.1/{REST_PORT}" in probe[3] and "/v1/models/%s" in probe[3]
+    assert "for m in effnet_lite0 effnet_lite0_bf16;" in probe[3]  # either precision (start.sh)
 
 
 def test_redis_port_persistence_and_address():
@@ -251,11 +258,18 @@ def test_volumes_mount_where_the_variables_point():
                 assert m.read_only, f"{name}: bind mounts are read-only"
 
 
-def test_models_config_serves_every_version_so_clients_can_pin_theirs():
-    (entry,) = model_server_config().model_config_list.config
+@pytest.mark.parametrize("file", ["models.config", "models.bf16.config"])
+def test_models_config_serves_every_version_so_clients_can_pin_theirs(file):
+    (entry,) = model_server_config(file).model_config_list.config
     assert entry.model_platform == "tensorflow"
     policy = entry.model_version_policy
     assert policy.HasField("all") or (policy.HasField("latest") and policy.latest.num_versions >= 2)
+
+
+def test_a_bf16_server_serves_bf16_names_only_and_an_fp32_server_none():
+    from services.precision import BF16, FP32, precision_of
+    assert {precision_of(e.name) for e in model_server_config("models.bf16.config").model_config_list.config} == {BF16}
+    assert {precision_of(e.name) for e in model_server_config().model_config_list.config} == {FP32}
 
 
 def test_batching_parameters_fit_the_clients_batches():
@@ -265,3 +279,10 @@ def test_batching_parameters_fit_the_clients_batches():
     assert params["max_batch_size"] >= max(settings.model_batch_size, settings.ingest_chunk)
     assert 0 < params["batch_timeout_micros"] <= 10_000
     assert params["num_batch_threads"] >= 1 and params["max_enqueued_batches"] >= 1
+
+
+def test_redis_has_a_memory_ceiling_and_tfserving_an_init():
+    """noeviction acts only with a maxmemory; tensorflow_model_server as PID 1 ignores SIGTERM."""
+    command = interpolate(service("redis")["command"], read_env_file(ENV_EXAMPLE))
+    assert option_value(command, "--maxmemory") and option_value(command, "--maxmemory-policy") == "noeviction"
+    assert service("tfserving")["init"] is True

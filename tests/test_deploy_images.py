@@ -112,3 +112,11 @@ def test_model_image_installs_cpu_tensorflow_and_torch_pinned_like_the_project()
     model = chain(stages, "model")[0]
     assert any(kw == "COPY" and "deploy/export-once.sh /usr/local/bin/export-once" in rest
                for kw, rest in model.instructions)
+
+
+def test_annoy_is_compiled_without_cpu_tuning():
+    """Annoy's setup.py adds -march=native unless ANNOY_COMPILER_ARGS is set: the image would need
+    the build machine's CPU."""
+    text = (ROOT / "deploy" / "app.Dockerfile").read_text()
+    (flags,) = re.findall(r'ANNOY_COMPILER_ARGS="([^"]+)"', text)
+    assert "-O3" in flags.split(",") and not re.search(r"-march|-mtune|-mcpu", flags)

@@ -90,7 +90,8 @@ def test_k8s_configuration_matches_compose():
     assert differs <= {"VSEARCH_ALLOWED_ROOTS"}, differs  # k8s: a folder of the data volume
     Settings.from_env(env)
     config = k8s("ConfigMap", "tfserving-config")["data"]
-    for file in ("models.config", "batching.config"):
+    assert set(config) == {p.name for p in TFSERVING_DIR.iterdir()}
+    for file in config:
         assert config[file] == (TFSERVING_DIR / file).read_text(), f"{file} differs from deploy/tfserving"
 
 
@@ -107,14 +108,14 @@ def test_k8s_commands_match_compose(name):
 def test_k8s_tfserving_matches_compose():
     tfs = k8s("Deployment", "tfserving")
     (c,) = pod_spec(tfs)["containers"]
-    assert c["image"] == service("tfserving")["image"] and c["command"] == ["tensorflow_model_server"]
+    assert c["image"] == service("tfserving")["image"] and c["command"] == service("tfserving")["entrypoint"]
     flags = flag_values(c["args"])
     assert set(flags) <= TF_SERVING_FLAGS
     assert set(service("tfserving")["command"]) <= set(c["args"])
     assert c["readinessProbe"]["exec"]["command"] == service("tfserving")["healthcheck"]["test"][1:]
     mounts_by_path = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(tfs)["volumes"]}
-    config_dir = str(PurePosixPath(flags["model_config_file"]).parent)
+    config_dir = str(PurePosixPath(c["command"][1]).parent)
     assert volumes[mounts_by_path[config_dir]]["configMap"]["name"] == "tfserving-config"
     (entry,) = model_server_config().model_config_list.config
     models_dir = str(PurePosixPath(entry.base_path).parent)
@@ -162,3 +163,20 @@ def test_k8s_secret_comes_from_a_secret_object():
     assert not k8s("Secret"), "no Secret with a value in the repository"
     for cm in k8s("ConfigMap"):
         assert "VSEARCH_API_TOKEN" not in cm["data"]
+
+
+def test_redis_and_tfserving_answer_only_the_app_and_workers_live_without_redis():
+    policies = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p
+                for p in k8s("NetworkPolicy")}
+    assert set(policies) == {"redis", "tfserving"}
+    for component, port in (("redis", REDIS_PORT), ("tfserving", GRPC_PORT)):
+        (rule,) = policies[component]["spec"]["ingress"]
+        (peer,) = rule["from"]
+        (expression,) = peer["podSelector"]["matchExpressions"]
+        assert set(expression["values"]) <= {"gateway", "worker", "indexer"} and rule["ports"][0]["port"] == port
+    redis_args = container_command(pod_spec(k8s("StatefulSet", "redis"))["containers"][0])
+    assert option_value(redis_args, "--maxmemory") and option_value(redis_args, "--maxmemory-policy") == "noeviction"
+    for name in ("worker", "indexer"):
+        (c,) = pod_spec(k8s("Deployment", f"vsearch-{name}"))["containers"]
+        probe = " ".join(c["livenessProbe"]["exec"]["command"])
+        assert "vsearch-worker-alive" in probe and "celery" not in probe  # no broker round trip

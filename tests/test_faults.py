@@ -99,7 +99,7 @@ def test_model_server_killed_mid_job_then_restarted(owned, model_base, photos, t
     assert "model server is not available" in down.json["error"]["message"]
     assert gateway.get("/readyz").status_code == 503
     time.sleep(1)
-    assert store.get_job(job_id)["state"] == "running"  # waiting, not failing its items
+    assert store.get_job(job_id)["state"] == "running", store.get_job(job_id)  # waiting, not failing its items
     server = start_model_server(model_base, port)  # same port: nothing is reconfigured
     owned["procs"].append(server)
     restarted = time.monotonic()

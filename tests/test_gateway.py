@@ -15,6 +15,14 @@ from tests.workers import wait_for_job
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+READ_TOKEN = "read-only-token"
+
+
+def reader(app):
+    """A test client that sends the read-only token unless a request names another."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {READ_TOKEN}"
+    return client
 
 
 def open_rgb(path) -> Image.Image:
@@ -22,7 +30,12 @@ def open_rgb(path) -> Image.Image:
         return im.convert("RGB")
 
 
-DEPLOYMENT = {"api_token": TOKEN, "max_upload_mb": 2}
+DEPLOYMENT = {"api_token": TOKEN, "read_token": READ_TOKEN, "max_upload_mb": 2}
+
+
+@pytest.fixture
+def client(deployment):
+    return reader(deployment.app)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,7 +104,7 @@ def test_upload_then_metadata_thumbnail_content_and_delete(deployment, client, p
     # searchable at once (fresh, not yet in Annoy necessarily), first for its own bytes
     assert upload(client, data).json["results"][0]["id"] == iid
 
-    assert client.delete(f"/api/v1/images/{iid}").status_code == 401
+    assert client.delete(f"/api/v1/images/{iid}").status_code == 403  # the read token cannot delete
     assert client.delete(f"/api/v1/images/{iid}", headers=AUTH).status_code == 204
     assert iid not in [r["id"] for r in upload(client, data, k="20").json["results"]]
     assert client.get(f"/api/v1/images/{iid}").status_code == 404
@@ -126,7 +139,7 @@ def test_jobs_progress_and_listing(client, deployment):
 ])
 def test_bad_search_input_gets_a_json_4xx(deployment, request_kwargs, status, code):
     settings = deployment.settings
-    client = create_app({"SETTINGS": replace(settings, allow_private_urls=False), "TESTING": True}).test_client()
+    client = reader(create_app({"SETTINGS": replace(settings, allow_private_urls=False), "TESTING": True}))
     response = client.post("/api/v1/search", **request_kwargs)
     assert response.status_code == status, response.data
     assert response.is_json and set(response.json["error"]) == {"code", "message"}
@@ -135,12 +148,12 @@ def test_bad_search_input_gets_a_json_4xx(deployment, request_kwargs, status, co
 
 def test_auth_size_limit_and_routing_errors(client, photos):
     data = photos[0].read_bytes()
-    assert upload(client, data, path="/api/v1/images").status_code == 401
+    assert upload(client, data, path="/api/v1/images").status_code == 403  # the read token cannot write
     wrong = upload(client, data, path="/api/v1/images", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json["error"]["code"] == "unauthorized"
-    assert client.post("/api/v1/jobs", json={"directory": "/etc"}).status_code == 401
+    assert client.post("/api/v1/jobs", json={"directory": "/etc"}).json["error"]["code"] == "forbidden"
     assert client.post("/api/v1/jobs", json={"directory": "/etc"}, headers=AUTH).status_code == 403
-    assert client.post("/api/v1/index/rebuild").status_code == 401
+    assert client.post("/api/v1/index/rebuild").status_code == 403
     assert client.post("/api/v1/index/rebuild", headers=AUTH).status_code == 202
     # a raw body (the test client would spool a multipart one to a temp file it never closes)
     big = client.post("/api/v1/images", data=b"\0" * (3 * 1024 * 1024), headers=AUTH,
@@ -156,8 +169,8 @@ def test_auth_size_limit_and_routing_errors(client, photos):
 
 def test_model_server_down_gives_503_and_recovery(deployment, photos):
     settings = deployment.settings
-    down = create_app({"SETTINGS": replace(settings, model_server=f"127.0.0.1:{free_port()}", model_timeout_s=1),
-                       "TESTING": True}).test_client()
+    down = reader(create_app({"SETTINGS": replace(settings, model_server=f"127.0.0.1:{free_port()}",
+                                                  model_timeout_s=1), "TESTING": True}))
     response = upload(down, photos[0].read_bytes())
     assert response.status_code == 503 and response.json["error"]["code"] == "model_unavailable"
     ready = down.get("/readyz")
@@ -178,6 +191,22 @@ def test_health_metrics_and_page(client):
     assert page.status_code == 200 and b"search-form" in page.data
     with client.get("/static/app.js") as script:
         assert script.status_code == 200
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_metrics_count_the_images_of_each_query_model_call(client, photos):
+    before = client.get("/metrics").data.decode()
+    assert upload(client, photos[3].read_bytes()).status_code == 200
+    assert client.post("/api/v1/search", json={"image_id": image_id(photos[3].read_bytes())}).status_code == 200
+    after = client.get("/metrics").data.decode()
+    calls = 'vsearch_search_model_images_count{kind="upload"}'
+    images = 'vsearch_search_model_images_sum{kind="upload"}'
+    assert _metric(after, calls) - _metric(before, calls) == 1  # one model call per query
+    assert 2 <= _metric(after, images) - _metric(before, images) <= 3  # itself, its mirror, maybe trimmed
+    assert 'vsearch_search_model_images_count{kind="image_id"}' not in after  # no model call
 
 
 def test_openapi_describes_exactly_the_routes(client, deployment):

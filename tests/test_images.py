@@ -8,11 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from services import images
 from services.config import Settings
-from services.images import ImageError, decode, load_for_model, prepare, sniff_format
+from services.images import ImageError, decode, load_for_model, model_input, prepare, sniff_format
 
 BG, FG = (200, 30, 60), (20, 140, 250)
 
@@ -388,3 +390,39 @@ def test_resize_exact_squashes():
     assert out.getpixel((100, 100)) == (255, 255, 255)
     with pytest.raises(ValueError):
         images.resize_exact(out, 0, 10)
+
+
+# -- model_input: OpenCV's JPEG decode gives exactly the Pillow path's model input ----------------
+@st.composite
+def jpegs(draw):
+    """JPEGs of real photo content: any size from tiny to 12 MP, quality, chroma subsampling,
+    progressive or not, grey or colour, any EXIF orientation."""
+    from tests.conftest import imagenet_photos
+    photo = Image.open(draw(st.sampled_from(imagenet_photos()))).convert("RGB")
+    w = draw(st.integers(16, 4000))
+    h = draw(st.integers(16, 3000))
+    im = photo.resize((w, h), Image.Resampling.BILINEAR).convert(draw(st.sampled_from(["RGB", "RGB", "L"])))
+    exif = Image.Exif()
+    orientation = draw(st.integers(0, 8))
+    if orientation:
+        exif[0x0112] = orientation
+    return encode(im, "JPEG", quality=draw(st.integers(30, 98)), subsampling=draw(st.sampled_from([0, 1, 2])),
+                  progressive=draw(st.booleans()), exif=exif.tobytes())
+
+
+@given(data=jpegs(), size=st.sampled_from([32, 224, 227]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_model_input_is_the_pillow_paths_bit_for_bit(data, size):
+    image = decode(data, draft_for=size)
+    array, info = model_input(data, size)
+    np.testing.assert_array_equal(array, prepare(image, size))
+    assert info == {"original_size": image.info["original_size"], "source_format": "JPEG"}
+
+
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("JPEG", "CMYK"), ("WEBP", "RGB")])
+def test_model_input_of_other_images_takes_the_pillow_path(fmt, mode):
+    noise = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise).convert(mode), fmt)
+    array, info = model_input(data, 64)
+    np.testing.assert_array_equal(array, prepare(decode(data, draft_for=64), 64))
+    assert info == {"original_size": (120, 90), "source_format": fmt}

@@ -273,3 +273,22 @@ def test_concurrent_searches_while_versions_swap(store, tmp_path):
     assert not errors
     assert searcher.status()["version"] == 5 and searcher.status()["count"] == 380
     assert searcher.version == 5
+
+
+def test_redis_that_lost_data_makes_the_searcher_start_over(store, tmp_path):
+    """A Redis restarted without persistence (or failed over to a late replica) has a lower seq and
+    index version than a searcher read: the searcher drops what it holds and reads again, so it
+    serves the images that exist, not the ones Redis lost."""
+    old_ids = add(store, clustered(50))
+    build(store, tmp_path)
+    searcher = Searcher(store, MODEL, tmp_path)
+    extra = clustered(1, seed=11)
+    [extra_id] = add(store, extra)
+    assert searcher.search(extra[0], k=1)[0][0] == extra_id
+    keys = list(store.redis.scan_iter(match=store.prefix + "*"))
+    store.redis.delete(*keys)  # everything lost
+    survivor = clustered(1, seed=12)
+    [survivor_id] = add(store, survivor)
+    hits = dict(searcher.search(survivor[0], k=10))
+    assert list(hits) == [survivor_id] and searcher.status()["version"] == 0
+    assert extra_id not in hits and not set(old_ids) & set(hits)

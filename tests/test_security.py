@@ -24,6 +24,7 @@ from tests.workers import wait_for_job
 
 TOKEN = "tok-3b9f2a7c1d5e8f60"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+READ_TOKEN = "read-7d1c9e4b2a"
 URL_PASSWORD = "hunter2-url-secret"
 
 
@@ -49,7 +50,20 @@ class Photo(QuietHandler):
         self.send(200, self.body)
 
 
-DEPLOYMENT = {"api_token": TOKEN, "max_upload_mb": 1, "max_urls_per_job": 5}
+DEPLOYMENT = {"api_token": TOKEN, "read_token": READ_TOKEN, "max_upload_mb": 1, "max_urls_per_job": 5}
+
+
+@pytest.fixture
+def client(deployment):
+    """Sends the read-only token unless a request names another."""
+    client = deployment.client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {READ_TOKEN}"
+    return client
+
+
+@pytest.fixture
+def anonymous(deployment):
+    return deployment.client()
 
 
 WRITES = [("post", "/api/v1/images", {"json": {"url": "http://example.com/x.jpg"}}),
@@ -61,31 +75,45 @@ WRITES = [("post", "/api/v1/images", {"json": {"url": "http://example.com/x.jpg"
 @pytest.mark.parametrize("method, path, kwargs", WRITES)
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer ", "Bearer wrong", f"Bearer {TOKEN[:-1]}",
                                     f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN.upper()}"])
-def test_every_write_needs_the_exact_token(client, method, path, kwargs, header):
+def test_every_write_needs_the_exact_token(anonymous, method, path, kwargs, header):
     headers = {"Authorization": header} if header is not None else {}
-    response = getattr(client, method)(path, headers=headers, **kwargs)
+    response = getattr(anonymous, method)(path, headers=headers, **kwargs)
     assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert TOKEN not in response.get_data(as_text=True)
 
 
-def test_token_compared_in_constant_time(client, monkeypatch):
+def test_token_compared_in_constant_time(anonymous, monkeypatch):
     calls, compare = [], hmac.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return compare(a, b)
     monkeypatch.setattr(auth.hmac, "compare_digest", spy)
-    assert client.post("/api/v1/index/rebuild", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert client.post("/api/v1/index/rebuild", headers={"authorization": f"bearer {TOKEN}"}).status_code == 202
-    # both tries went through hmac.compare_digest on the whole value, right or wrong
-    assert calls == [(b"nope", TOKEN.encode()), (TOKEN.encode(), TOKEN.encode())]
+    assert anonymous.post("/api/v1/index/rebuild", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert anonymous.post("/api/v1/index/rebuild", headers={"authorization": f"bearer {TOKEN}"}).status_code == 202
+    # every try went through hmac.compare_digest on the whole value, against each token, right or wrong
+    assert calls == [(b"nope", TOKEN.encode()), (b"nope", READ_TOKEN.encode()), (TOKEN.encode(), TOKEN.encode()),
+                     (TOKEN.encode(), READ_TOKEN.encode())]
 
 
-def test_reads_and_search_need_no_token(client):
-    assert client.get("/api/v1/index").status_code == 200
-    assert client.get("/api/v1/jobs").status_code == 200
-    assert client.post("/api/v1/search", json={"image_id": "0" * 64}).status_code == 404
+READS = [("get", "/api/v1/index", {}), ("get", "/api/v1/jobs", {}), ("get", "/api/v1/jobs/" + "0" * 32, {}),
+         ("get", "/api/v1/images/" + "0" * 64, {}), ("get", "/api/v1/images/" + "0" * 64 + "/thumbnail", {}),
+         ("get", "/api/v1/images/" + "0" * 64 + "/content", {}), ("get", "/metrics", {}),
+         ("post", "/api/v1/search", {"json": {"image_id": "0" * 64}})]
+
+
+@pytest.mark.parametrize("method, path, kwargs", READS)
+def test_every_read_needs_a_token_and_the_read_token_cannot_write(anonymous, method, path, kwargs):
+    refused = getattr(anonymous, method)(path, **kwargs)
+    assert refused.status_code == 401 and refused.json["error"]["code"] == "unauthorized"
+    for token in (READ_TOKEN, TOKEN):
+        answer = getattr(anonymous, method)(path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        assert answer.status_code in (200, 404), (token, answer.status_code)
+    for path_open in ("/healthz", "/readyz", "/api/v1/healthz"):
+        assert anonymous.get(path_open).status_code in (200, 503)
+    write = anonymous.post("/api/v1/index/rebuild", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert write.status_code == 403 and write.json["error"]["code"] == "forbidden"
 
 
 def test_no_token_and_no_image_bytes_in_logs(deployment, client, photos, caplog):
@@ -164,7 +192,7 @@ def test_errors_never_leak_internals(deployment):
     settings = deployment.settings
     broken = create_app({"SETTINGS": replace(settings, redis_url="redis://:s3cretpw@127.0.0.1:1/0"),
                          "TESTING": True}).test_client()
-    response = broken.get("/api/v1/jobs")
+    response = broken.get("/api/v1/jobs", headers=AUTH)
     assert response.status_code == 503 and response.json["error"]["code"] == "store_unavailable"
     assert "s3cretpw" not in response.get_data(as_text=True) and "Traceback" not in response.get_data(as_text=True)
     assert broken.get("/healthz").status_code == 200

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from services import sources
+from services.sources import archives
+from services.sources.base import Deadline, MemberError
 from services.sources import SourceError, extract_archive, fetch_url, is_public_address
 from tests.conftest import QuietHandler
 
@@ -362,19 +364,46 @@ def tree(tmp_path):
 
 def test_directory_walk(tree):
     root, _ = tree
-    found = [(item.path.relative_to(root).as_posix(), item.label)
-             for item in sources.iter_directory(root, (root,))]
+    listed = list(sources.iter_directory(root, (root,)))
+    found = [(item.path.relative_to(root).as_posix(), item.label) for item in listed if not item.skip]
     assert found == [("cats/b.png", None),  # link_in.jpg: its target, labelled where the link is
                      ("top.jpg", None), ("cats/a.JPG", "cats"), ("cats/b.png", "cats"),
                      ("cats/deep/c.jpeg", "cats"), ("dogs/d.webp", "dogs"), ("dogs/e.TIFF", "dogs")]
+    # the fifo is listed with the reason it is skipped, so its job reports it
+    assert [(i.path.name, i.skip) for i in listed if i.skip] == [
+        ("fifo.jpg", "not a regular file (a fifo, device or socket): skipped")]
+    found.append(("dogs/fifo.jpg", "dogs"))
     assert sources.count_directory(str(root), [str(root)]) == len(found)
     # with the outside folder inside an allowed root, link_out.jpg counts too
     assert sources.count_directory(str(root), [str(root.parent)]) == len(found) + 1
 
 
+def test_read_file_refuses_links_fifos_and_big_files(tree):
+    root, outside = tree
+    assert sources.read_file(root / "cats" / "a.JPG", [root], 100) == b"img"
+    cases = {root / "link_out.jpg": "unreadable", root / "linkdir" / "secret.jpg": "unreadable",
+             root / "dogs" / "fifo.jpg": "not_regular", outside / "secret.jpg": "not_allowed",
+             root / "missing.jpg": "unreadable"}
+    for path, code in cases.items():  # the fifo is refused at once, not read forever
+        with pytest.raises(SourceError) as err:
+            sources.read_file(path, [root], 100)
+        assert err.value.code == code, path
+    with pytest.raises(SourceError) as err:
+        sources.read_file(root / "top.jpg", [root], 2)
+    assert err.value.code == "too_large"
+    # a folder swapped for a symlink between listing and reading is not followed
+    (root / "dogs").rename(root / "dogs2")
+    (root / "dogs").symlink_to(outside, target_is_directory=True)
+    (outside / "d.webp").write_bytes(b"outside")
+    with pytest.raises(SourceError) as err:
+        sources.read_file(root / "dogs" / "d.webp", [root], 100)
+    assert "symlink" in err.value.message
+
+
 def test_directory_walk_of_a_subfolder(tree):
     root, _ = tree
-    found = [(item.path.name, item.label) for item in sources.iter_directory(root / "cats", (root,))]
+    found = [(item.path.name, item.label) for item in sources.iter_directory(root / "cats", (root,))
+             if not item.skip]
     assert found == [("a.JPG", None), ("b.png", None), ("c.jpeg", "deep")]
 
 
@@ -518,20 +547,21 @@ def test_zip_bomb_lying_about_its_size(tmp_path):
 
 
 def test_real_bytes_are_counted_whatever_the_declared_size(tmp_path):
-    lying = sources._Member("x.jpg", "file", 10, lambda: io.BytesIO(bytes(5000)))
+    lying = archives._Member("x.jpg", "file", 10, lambda: io.BytesIO(bytes(5000)))
+    deadline = Deadline(60, "test")
     with pytest.raises(SourceError) as err:
-        sources._copy(lying, tmp_path / "x.jpg", 1000, 10**9)
+        archives._copy(lying, tmp_path / "x.jpg", 1000, 10**9, deadline)
     assert err.value.code == "too_large" and not (tmp_path / "x.jpg").exists()
     with pytest.raises(SourceError) as err:
-        sources._copy(lying, tmp_path / "x.jpg", 10**9, 1000)  # the archive's total budget
-    assert err.value.code == "too_large" and not isinstance(err.value, sources._MemberError)
+        archives._copy(lying, tmp_path / "x.jpg", 10**9, 1000, deadline)  # the archive's total budget
+    assert err.value.code == "archive_too_large" and not isinstance(err.value, MemberError)
 
 
 def test_archive_total_cap_removes_what_was_written(tmp_path):
     archive = make_zip(tmp_path / "a.zip", {"a/1.jpg": bytes(600_000), "a/2.jpg": bytes(600_000)})
     with pytest.raises(SourceError) as err:
         extract_archive(archive, tmp_path / "out", max_total_bytes=1_000_000)
-    assert err.value.code == "too_large" and list((tmp_path / "out").iterdir()) == []
+    assert err.value.code == "archive_too_large" and list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.parametrize("kind", ["zip", "w:gz"])

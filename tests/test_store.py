@@ -166,6 +166,18 @@ def test_deleted_image_ingested_again_starts_over(store):
     assert store.put_vector(MODEL, "a", np.ones(8))
 
 
+def test_a_delete_made_while_a_job_ran_is_not_undone_by_it(store):
+    store.create_image("a")
+    store.put_vector(MODEL, "a", np.ones(8))
+    store.create_job("before", None, "items")  # a job created before the delete...
+    store.delete_image("a")
+    seq = store.get_job("before")["seq"]
+    assert store.create_images([("a", {})], deleted_after=seq) == [None]  # ...cannot bring it back
+    assert store.get_image("a")["status"] == "deleted"
+    store.create_job("after", None, "items")  # a job created after it can
+    assert store.create_images([("a", {})], deleted_after=store.get_job("after")["seq"]) == [True]
+
+
 def test_job_progress_counts_retried_items_once(store):
     assert store.create_job("j", 3, "directory", source="/photos")
     assert not store.create_job("j", 5, "urls")

@@ -172,7 +172,11 @@ def test_messages_lost_with_a_worker_are_sent_again(env, photos, tmp_path):
 
     # A job whose start ran and saved its three chunks, but whose last chunk message never arrived.
     chunk_lost = "chunk-lost"
-    items = [Item(key=p.name, source=p.name, path=str(p)).to_json() for p in photos[6:16]]
+    inside = tmp_path / "chunk-lost"  # a directory job's files lie below an allowed root
+    inside.mkdir()
+    for p in photos[6:16]:
+        shutil.copy(p, inside / p.name)
+    items = [Item(key=p.name, source=p.name, path=str(inside / p.name)).to_json() for p in photos[6:16]]
     chunks = [items[:4], items[4:8], items[8:]]
     store.create_job(chunk_lost, None, "directory")
     store.save_job_chunks(chunk_lost, chunks)

@@ -34,8 +34,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         if value is None:
             continue
-        if isinstance(value, tuple):
-            value = os.pathsep.join(str(v) for v in value)
+        if isinstance(value, tuple):  # paths by os.pathsep, other lists by commas
+            value = (os.pathsep if f.type.startswith("tuple[Path") else ",").join(str(v) for v in value)
         elif isinstance(value, bool):
             value = "true" if value else "false"
         env[PREFIX + f.name.upper()] = str(value)

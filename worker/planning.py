@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from services import sources
+from services.sources import printable
 from worker.ingest import Item
 
 # Fresh items (embedded since the last build) are searchable at once by exact search, a cost to
@@ -48,19 +49,28 @@ def distinct_keys(keys: list[str]) -> list[str]:
 
 
 def list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str, str]]]:
+    """The job's items, and (key, error) for those refused already. Keys and sources are printable
+    (names with undecodable bytes, lone surrogates); paths and URLs stay as they are."""
     kind, s = spec["kind"], ctx.settings
     if kind == "items":  # uploads already saved by the gateway
         return [Item(**i) for i in spec["items"]], []
     if kind == "urls":
-        # Credentials in a URL are used to fetch it, never shown (job errors, image metadata).
-        return [Item(key=sources.redact_url(url), source=sources.redact_url(url), url=url, label=spec.get("label"),
-                     collection=spec.get("collection")) for url in spec["urls"]], []
+        # Credentials and query strings in a URL are used to fetch it, never shown.
+        shown = [printable(sources.redact_url(url)) for url in spec["urls"]]
+        return [Item(key=name, source=name, url=url, label=spec.get("label"), collection=spec.get("collection"))
+                for name, url in zip(shown, spec["urls"])], []
     if kind == "directory":
-        found = sources.iter_directory(spec["directory"], s.allowed_roots)
-        return [Item(key=str(f.path), source=str(f.path), path=str(f.path), label=f.label,
-                     collection=spec.get("collection")) for f in found], []
+        items, skipped = [], []
+        for f in sources.iter_directory(spec["directory"], s.allowed_roots):
+            name = printable(str(f.path))
+            if f.skip:
+                skipped.append((name, f.skip))
+            else:
+                items.append(Item(key=name, source=name, path=str(f.path), label=f.label and printable(f.label),
+                                  collection=spec.get("collection")))
+        return items, skipped
     if kind == "archive":
-        return extract(ctx, job_id, Path(spec["path"]), spec.get("name") or Path(spec["path"]).name,
+        return extract(ctx, job_id, Path(spec["path"]), printable(spec.get("name") or Path(spec["path"]).name),
                        spec.get("collection"))
     raise ValueError(f"unknown job kind {kind!r}")
 
@@ -71,9 +81,14 @@ def extract(ctx, job_id: str, archive: Path, name: str, collection: str | None =
     if dest.exists():  # a redelivered start: extract again from scratch
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    result = sources.extract_archive(archive, dest, max_members=s.max_archive_members,
-                                     max_total_bytes=s.max_archive_mb * 1024 * 1024,
-                                     max_member_bytes=s.max_upload_mb * 1024 * 1024)
+    try:
+        result = sources.extract_archive(archive, dest, max_members=s.max_archive_members,
+                                         max_total_bytes=s.max_archive_mb * 1024 * 1024,
+                                         max_member_bytes=s.max_upload_mb * 1024 * 1024,
+                                         timeout_s=s.archive_timeout_s)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
     items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label,
                   collection=collection) for m in result.items]
     skipped = [(f"{name}:{member}", error) for member, error in result.skipped]

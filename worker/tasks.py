@@ -1,14 +1,21 @@
 """Celery tasks: thin wrappers over `worker.planning`, `worker.ingest` and `services.index`.
 
-Tasks get ids, paths and URLs, never image bytes. Everything is idempotent, so tasks are acked
+Tasks get ids, paths and URLs, never image bytes. Ingest is idempotent, so its tasks are acked
 late; a model server that is down is retried with backoff, a Redis that is down makes the task's
-own message come back (see `_redeliver_when_redis_is_down`); bad input fails its item at once and
-is reported in the job.
+own message come back (see `_redeliver_when_redis_is_down`); anything else fails the items it
+concerns, at once, reported in the job: a job always ends. Index builds are acked on receipt: a
+build can outlast the visibility timeout, and must not be delivered again while it runs; a build
+whose builder died is found by the Redis state it left (`Store.index_build_orphaned`) and started
+again by worker.watchdog.
+
+Celery's threads pool ignores `task_time_limit`: the code that can hang carries its own deadlines
+(URL fetches incl. DNS, archive extraction; files are read only when regular, so never block).
 """
 from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import kombu.exceptions
 import redis
@@ -17,13 +24,14 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 
-from services import sources
-from services.index import IndexUnavailable, request_build, run_coalesced_build
-from services.tfs_client import ModelServerError, ModelServerUnavailable
-from services import context
+from services import context, sources
+from services.index import IndexUnavailable
+from services.precision import PrecisionMismatch
 from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
+from services.index import run_coalesced_build
 from services.jobs import request_rebuild
-from worker.ingest import Item, ingest_chunk
+from services.tfs_client import ModelServerUnavailable
+from worker.ingest import Item, failed, ingest_chunk, remove_incoming
 from worker.planning import plan_job, rebuild_due
 
 logger = get_task_logger(__name__)
@@ -57,22 +65,29 @@ def _redeliver_when_redis_is_down(run):
 @_redeliver_when_redis_is_down
 def ingest(self, job_id: str, items: list[dict]) -> dict:
     ctx = context.get_context()
+    chunk = [Item(**i) for i in items]
     try:
-        result = ingest_chunk(ctx, job_id, [Item(**i) for i in items])
+        result = ingest_chunk(ctx, job_id, chunk)
     except TRANSIENT as exc:
         if self.request.retries < self.max_retries:
             raise  # retried with backoff
         # Out of retries: report the items, or the job would wait for them forever.
-        result = _fail_items(ctx, job_id, items, f"{exc} (gave up after {self.max_retries} retries)")
-    except ModelServerError as exc:  # a model that refuses this input will refuse it again
-        result = _fail_items(ctx, job_id, items, str(exc))
+        result = _fail_items(ctx, job_id, chunk, f"{exc} (gave up after {self.max_retries} retries)")
+    except PrecisionMismatch as exc:  # a configuration error: every chunk would meet it
+        return _fail_items(ctx, job_id, chunk, str(exc))
+    except REDIS_DOWN:
+        raise
+    except Exception as exc:  # a bug or a refusal nobody foresaw: the items fail, the job ends
+        logger.exception("job %s: chunk failed", job_id)
+        result = _fail_items(ctx, job_id, chunk, f"unexpected error ({type(exc).__name__}: {exc})")
     _maybe_rebuild(ctx, job_id)
     return result
 
 
-def _fail_items(ctx, job_id: str, items: list[dict], error: str) -> dict:
-    for item in items:
-        ctx.store.job_progress(job_id, item["key"], failed=1, error=error)
+def _fail_items(ctx, job_id: str, items: list[Item], error: str) -> dict:
+    """Each item not counted yet is counted failed (the store ignores those already counted)."""
+    ctx.store.job_progress_many(job_id, [failed(item, error) for item in items])
+    remove_incoming(ctx, items)
     return {"embedded": 0, "near_duplicates": 0}
 
 
@@ -85,22 +100,14 @@ def _maybe_rebuild(ctx, job_id: str) -> None:
         request_rebuild(current_app, ctx.store, ctx.model_key)
 
 
-@shared_task(bind=True, name=BUILD_INDEX_TASK, acks_late=True, autoretry_for=TRANSIENT,
-             retry_backoff=2, max_retries=10)
-@_redeliver_when_redis_is_down
-def build_index(self, model_key: str) -> list[dict]:
+@shared_task(name=BUILD_INDEX_TASK, acks_late=False, autoretry_for=TRANSIENT, retry_backoff=2, max_retries=10)
+def build_index(model_key: str) -> list[dict]:
+    """Builds while builds are requested; returns at once when another builder holds the lock
+    (it serves the request). Acked on receipt: see the module's docstring."""
     ctx = context.get_context()
     s = ctx.settings
-    if not self.request.retries:
-        # Delivered again because its builder died mid-build? That builder had taken the request:
-        # put it back. (A first delivery finds it set already.)
-        request_build(ctx.store, model_key)
     builds = run_coalesced_build(ctx.store, model_key, s.index_dir, n_trees=s.index_trees,
                                  lock_ttl_s=s.index_lock_ttl_s)
-    if not builds and ctx.store.index_build_requested(model_key) and self.request.retries < self.max_retries:
-        # Another builder holds the lock and will fold the request in, unless it died: then its
-        # lock expires within the TTL, and this retry builds.
-        raise self.retry(countdown=s.index_lock_ttl_s / 2)
     for info in builds:
         logger.info("index %s version %s published: %s vectors", model_key, info.get("version"), info.get("count"))
     return builds
@@ -121,10 +128,15 @@ def start_job(job_id: str, spec: dict) -> int:
     try:
         chunks, skipped = plan_job(ctx, job_id, spec)
     except sources.SourceError as exc:
-        ctx.store.fail_job(job_id, exc.message)
-        return 0
+        return _fail_job(ctx, job_id, spec, exc.message)
+    except REDIS_DOWN:
+        raise
+    except Exception as exc:  # e.g. disk full while extracting: the job ends, failed
+        logger.exception("job %s: listing its items failed", job_id)
+        return _fail_job(ctx, job_id, spec, f"unexpected error ({type(exc).__name__}: {exc})")
     ctx.store.save_job_chunks(job_id, chunks)
     ctx.store.start_job(job_id, total=sum(map(len, chunks)) + len(skipped), failures=skipped)
+    _remove_archive(spec)
     for chunk in chunks:
         ingest.delay(job_id, chunk)
     if not chunks:
@@ -132,3 +144,15 @@ def start_job(job_id: str, spec: dict) -> int:
     return sum(map(len, chunks))
 
 
+def _fail_job(ctx, job_id: str, spec: dict, message: str) -> int:
+    ctx.store.fail_job(job_id, message)
+    _remove_archive(spec)
+    if spec["kind"] == "items":
+        remove_incoming(ctx, [Item(**i) for i in spec["items"]])
+    return 0
+
+
+def _remove_archive(spec: dict) -> None:
+    """The uploaded archive, once its members are out (or it is refused)."""
+    if spec["kind"] == "archive":
+        Path(spec["path"]).unlink(missing_ok=True)

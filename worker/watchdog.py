@@ -7,12 +7,21 @@ its job would wait forever. So every worker runs a sweep in a thread: a job with
 abandoned), while the ingest queue is empty, gets its start message or its unfinished chunks sent
 again (`Store.save_job_spec`, `Store.save_job_chunks`). A copy of a message that was not lost after
 all is harmless: `start_job` runs once per job, and every item is counted once.
+
+Each loop also touches HEARTBEAT, the worker's liveness signal (deploy/k8s): it shows the process
+runs without asking Redis, so a Redis outage does not get every worker restarted.
+
+The same sweep restarts index builds nobody serves: requested (or taken by a builder that died)
+while no builder holds the lock. Build messages are acked on receipt, so this, not redelivery, is
+what finishes a dead builder's work.
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from celery import Celery
 from celery.signals import worker_ready
@@ -20,9 +29,10 @@ from kombu.exceptions import ChannelError
 
 from services import context
 from services.store import Store
-from services.broker import INGEST_QUEUE
+from services.broker import BUILD_INDEX_TASK, INGEST_QUEUE
 
 log = logging.getLogger(__name__)
+HEARTBEAT = Path(tempfile.gettempdir()) / "vsearch-worker-alive"
 
 
 def resend_lost_work(app: Celery, store: Store, stall_s: float) -> dict[str, int]:
@@ -48,6 +58,16 @@ def resend_lost_work(app: Celery, store: Store, stall_s: float) -> dict[str, int
     return sent
 
 
+def restart_orphaned_builds(app: Celery, store: Store, orphaned_before: set[str]) -> set[str]:
+    """Model keys whose wanted build has had no builder: orphaned now and at the sweep before
+    (a build task just sent may still be waiting for its builder). One build task for each."""
+    orphaned = {key for key in store.model_keys() if store.index_build_orphaned(key)}
+    for key in orphaned & orphaned_before:
+        app.send_task(BUILD_INDEX_TASK, args=[key])
+        log.warning("index %s: a build was wanted and no builder held the lock: sent again", key)
+    return orphaned
+
+
 def _waiting_messages(app: Celery) -> int:
     with app.connection_for_read() as conn:
         try:
@@ -58,14 +78,19 @@ def _waiting_messages(app: Celery) -> int:
 
 def _run(app: Celery) -> None:
     stall_s = context.get_context().settings.task_visibility_timeout_s
+    orphaned: set[str] = set()
     while True:
-        time.sleep(max(1.0, stall_s / 4))
+        time.sleep(min(30.0, max(1.0, stall_s / 4)))  # often enough for the heartbeat
+        HEARTBEAT.touch()
         try:
-            resend_lost_work(app, context.get_context().store, stall_s)
+            store = context.get_context().store
+            orphaned = restart_orphaned_builds(app, store, orphaned)
+            resend_lost_work(app, store, stall_s)
         except Exception:  # Redis away, say: the next sweep tries again
             log.warning("watchdog sweep failed", exc_info=True)
 
 
 @worker_ready.connect
 def _start(sender, **_):
+    HEARTBEAT.touch()
     threading.Thread(target=_run, args=(sender.app,), name="job-watchdog", daemon=True).start()

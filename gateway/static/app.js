@@ -8,6 +8,14 @@ function headers() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
+// With a token, image URLs need it too: <img src> cannot send a header, so fetch and show a blob.
+async function authorizedSrc(url) {
+  const auth = headers();
+  if (!auth.Authorization) return url;
+  const response = await fetch(url, { headers: auth });
+  return response.ok ? URL.createObjectURL(await response.blob()) : "";
+}
+
 function say(text, isError = false) {
   $("message").textContent = text;
   $("message").className = isError ? "error" : "";
@@ -45,11 +53,17 @@ function showResults(data) {
     card.className = "card result";
     card.dataset.id = hit.id;
     const img = document.createElement("img");
-    img.src = hit.thumbnail_url;
+    authorizedSrc(hit.thumbnail_url).then((src) => { img.src = src; });
     img.alt = hit.label || hit.source || hit.id;
     const link = document.createElement("a");
     link.href = `${api}/images/${hit.id}/content`;
     link.target = "_blank";
+    link.addEventListener("click", async (event) => {
+      if (!headers().Authorization) return;
+      event.preventDefault();
+      const src = await authorizedSrc(link.href);
+      if (src) window.open(src, "_blank");
+    });
     link.append(img);
     const caption = document.createElement("figcaption");
     // Ordered by `match`; the number shown is the cosine similarity. A layout-confirmed copy is tagged.

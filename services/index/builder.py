@@ -162,12 +162,15 @@ def run_coalesced_build(store: Store, model_key: str, index_dir, *, n_trees: int
         if not store.acquire_index_lock(model_key, token, lock_ttl_s):
             return builds
         with _held_lock(store, model_key, token, lock_ttl_s):
+            store.resume_abandoned_build(model_key)  # a builder died with it: serve it now
             while store.take_index_build_request(model_key):
                 try:
                     builds.append(build_index(store, model_key, index_dir, n_trees, n_jobs))
                 except BaseException:
                     store.request_index_build(model_key)  # taken but not served: put it back
                     raise
+                finally:
+                    store.end_index_build(model_key)
         # A request made between our last check and the release saw the lock still held and
         # counted on us: look once more now that the lock is free.
         if not store.index_build_requested(model_key):

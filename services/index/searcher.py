@@ -104,6 +104,10 @@ class _View:
         return Attributes.of(self.fresh_records[:self.n])
 
 
+def _empty_view() -> _View:
+    return _View(LoadedIndex(), 0, [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 0, frozenset(), [])
+
+
 class Searcher:
     """A long-lived, thread-safe reader of one model key's index (one per gateway process): the
     Annoy backend (services.index.backend describes what every backend offers)."""
@@ -117,8 +121,7 @@ class Searcher:
         self.last_error: str | None = None
         self._refused: set[int] = set()  # versions that failed to load; not retried
         self._lock = threading.Lock()
-        self._view = _View(LoadedIndex(), 0, [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 0,
-                           frozenset(), [])
+        self._view = _empty_view()
 
     def add(self, image_ids: list[str], vectors, records: list[dict]) -> None:
         """Nothing to do: the store's log of vector writes is what this index reads."""
@@ -240,7 +243,9 @@ class Searcher:
     def _refresh(self) -> _View:
         version, seq = self.store.poll(self.model_key)
         view = self._view
-        if seq <= view.seq and (version <= view.index.version or version in self._refused):
+        if seq < view.seq or version < view.index.version:
+            self._restart(version, seq)  # Redis went back in time: what we read from it is stale
+        elif seq == view.seq and (version == view.index.version or version in self._refused):
             return view
         with self._lock:  # one thread refreshes; the others keep serving the current view
             view = self._view
@@ -250,6 +255,17 @@ class Searcher:
             if seq > view.seq or index is not view.index:
                 self._view = self._advance(view, index, max(seq, index.max_seq))
             return self._view
+
+    def _restart(self, version: int, seq: int) -> None:
+        """Redis lost data (a restart without persistence, a failover to a late replica): its seq
+        or index version is below what this searcher read. Everything read from it is dropped and
+        read again from scratch, so ids that no longer exist are not served."""
+        with self._lock:
+            if self._view.seq > seq or self._view.index.version > version:
+                logger.warning("index %s: Redis went back (seq %d -> %d, version %d -> %d): reloading",
+                               self.model_key, self._view.seq, seq, self._view.index.version, version)
+                self._refused.clear()
+                self._view = _empty_view()
 
     def _load_newest(self, current: LoadedIndex) -> LoadedIndex:
         info = self.store.get_index_info(self.model_key)

@@ -19,6 +19,8 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
     p:index:<model_key>       hash    published index: version, path, count, dim, size, built_at,
                                       max_seq, n_trees
     p:index:<model_key>:builds|:dirty|:lock   build numbers, pending request, builder lock
+    p:index:<model_key>:building              a request taken by a builder, until its build ends
+                                              (left behind by a builder that died: taken again)
 
 `p:seq` is the clock of the index: a build records the seq it started from (max_seq); vectors
 added and ids deleted after it are exactly the log entries scored above it. A searcher polls
@@ -32,12 +34,12 @@ from __future__ import annotations
 import redis
 
 from services.store.common import image_id
-from services.store.images import IMAGE_FIELDS, STATUSES, ImageRecords
+from services.store.images import IMAGE_FIELDS, STATUSES, ImageRecords, check_label
 from services.store.index_state import IndexState
 from services.store.jobs import JOB_TTL_S, MAX_JOB_ERRORS, MAX_LISTED_JOBS, JobStore
 from services.store.vectors import VectorStore
 
-__all__ = ["Store", "image_id", "IMAGE_FIELDS", "STATUSES", "JOB_TTL_S", "MAX_JOB_ERRORS", "MAX_LISTED_JOBS"]
+__all__ = ["Store", "check_label", "image_id", "IMAGE_FIELDS", "STATUSES", "JOB_TTL_S", "MAX_JOB_ERRORS", "MAX_LISTED_JOBS"]
 
 
 class Store(ImageRecords, VectorStore, JobStore, IndexState):

@@ -10,16 +10,35 @@ IMAGE_FIELDS = ("source", "label", "collection", "width", "height", "format", "s
                 "status", "model", "near_duplicate_of", "error")
 STATUSES = ("pending", "indexed", "failed", "deleted")
 _TYPES = {"width": int, "height": int, "size_bytes": int, "created_at": float}
+MAX_LABEL_CHARS = 200
 
-# A deleted image may be ingested again: it then starts over as a new record.
+
+def check_label(label) -> str | None:
+    """A label as stored: None, or a string of 1 to MAX_LABEL_CHARS characters that is valid
+    UTF-8 (no lone surrogates). Raises ValueError otherwise; every route and task checks here."""
+    if label is None or label == "":
+        return None
+    if not isinstance(label, str) or len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label must be a string of at most {MAX_LABEL_CHARS} characters")
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("label must be valid Unicode text (it holds a lone surrogate)") from None
+    return label
+
+# A deleted image may be ingested again: it then starts over as a new record. Unless it was
+# deleted after ARGV[2] (a seq; -1: no such check): the tombstone of a delete made while a job ran,
+# which a redelivered chunk of that job must not undo (-1).
 _CREATE_IMAGE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if redis.call('EXISTS', KEYS[1]) == 1 and status ~= 'deleted' then return 0 end
 if status then
+  local deleted_at = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '-1')
+  if tonumber(ARGV[2]) >= 0 and deleted_at > tonumber(ARGV[2]) then return -1 end
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 1
 """
 _CREATE_HASH = """
@@ -63,15 +82,18 @@ class ImageRecords:
         """Create the record; False (nothing changed) if it exists and is not deleted."""
         return self.create_images([(image_id, meta)])[0]
 
-    def create_images(self, records: list[tuple[str, dict]]) -> list[bool]:
-        """create_image for many (image_id, meta) pairs in one round trip."""
+    def create_images(self, records: list[tuple[str, dict]], deleted_after: int | None = None) -> list[bool | None]:
+        """create_image for many (image_id, meta) pairs in one round trip. With `deleted_after` (a
+        seq, e.g. the job's when it was created), an image deleted since is not created again:
+        None for it (True: created, False: exists)."""
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
         for image_id, meta in records:
             fields = {k: v for k, v in ({"status": "pending", "created_at": now} | meta).items() if v is not None}
             self._create_image(keys=[self.key("image", image_id), self.key("deleted")],
-                               args=[image_id, *_pairs(fields)], client=pipe)
-        return [bool(r) for r in pipe.execute()]
+                               args=[image_id, -1 if deleted_after is None else deleted_after, *_pairs(fields)],
+                               client=pipe)
+        return [None if r < 0 else bool(r) for r in pipe.execute()]
 
     def get_image(self, image_id: str) -> dict | None:
         return self.get_images([image_id])[0]

@@ -21,6 +21,19 @@ _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
+# A build request moves from :dirty to :building while it is served, so a builder that dies
+# mid-build leaves it behind for the next one (builds never count on a message coming back).
+_TAKE_BUILD_REQUEST = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"""
+_RESUME_ABANDONED_BUILD = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], 1)
+redis.call('DEL', KEYS[2])
+return 1
+"""
 
 
 
@@ -30,6 +43,8 @@ class IndexState:
         self._publish_index = script(_PUBLISH_INDEX)
         self._refresh_lock = script(_REFRESH_LOCK)
         self._release_lock = script(_RELEASE_LOCK)
+        self._take_build_request = script(_TAKE_BUILD_REQUEST)
+        self._resume_abandoned_build = script(_RESUME_ABANDONED_BUILD)
 
     # -- the published index and its builder ----------------------------------------------
     def get_index_info(self, model_key: str) -> dict | None:
@@ -52,10 +67,28 @@ class IndexState:
         return not pipe.execute()[1]
 
     def take_index_build_request(self, model_key: str) -> bool:
-        return self.redis.getdel(self.key("index", model_key, "dirty")) is not None
+        """Take the pending request (the lock holder only); `end_index_build` when it is served."""
+        keys = [self.key("index", model_key, "dirty"), self.key("index", model_key, "building")]
+        return bool(self._take_build_request(keys=keys))
+
+    def end_index_build(self, model_key: str) -> None:
+        self.redis.delete(self.key("index", model_key, "building"))
+
+    def resume_abandoned_build(self, model_key: str) -> bool:
+        """A request taken by a builder that died is pending again (the new lock holder calls it)."""
+        keys = [self.key("index", model_key, "dirty"), self.key("index", model_key, "building")]
+        return bool(self._resume_abandoned_build(keys=keys))
 
     def index_build_requested(self, model_key: str) -> bool:
         return bool(self.redis.exists(self.key("index", model_key, "dirty")))
+
+    def index_build_orphaned(self, model_key: str) -> bool:
+        """A build is wanted (or was taken by a builder that died) and no builder holds the lock."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.exists(self.key("index", model_key, "dirty"), self.key("index", model_key, "building"))
+        pipe.exists(self.key("index", model_key, "lock"))
+        wanted, locked = pipe.execute()
+        return bool(wanted) and not locked
 
     def acquire_index_lock(self, model_key: str, token: str, ttl_s: float) -> bool:
         return bool(self.redis.set(self.key("index", model_key, "lock"), token, nx=True, px=int(ttl_s * 1000)))

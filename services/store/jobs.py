@@ -70,7 +70,7 @@ return h[1]
 """
 
 def _job(raw: dict) -> dict:
-    ints = dict.fromkeys(("total", "done", "failed", "duplicates", "near_duplicates", "resent"), int)
+    ints = dict.fromkeys(("total", "done", "failed", "duplicates", "near_duplicates", "resent", "seq"), int)
     floats = dict.fromkeys(("created_at", "finished_at", "progress_at"), float)
     job = {"finished_at": None, "resent": 0} | _decode(raw, ints | floats)
     return job | {"total": None if job["total"] < 0 else job["total"]}
@@ -106,7 +106,8 @@ class JobStore:
         """total=None when not known yet (set it with start_job). False if the job exists."""
         fields = {k: v for k, v in meta.items() if v is not None} | {
             "job_id": job_id, "kind": kind, "state": "queued", "total": -1 if total is None else total,
-            "done": 0, "failed": 0, "duplicates": 0, "near_duplicates": 0, "created_at": time.time()}
+            "done": 0, "failed": 0, "duplicates": 0, "near_duplicates": 0, "created_at": time.time(),
+            "seq": int(self.redis.get(self.key("seq")) or 0)}  # deletes after it are not undone by the job
         created = bool(self._create_hash(keys=[self.key("job", job_id)], args=_pairs(fields)))
         if created:
             pipe = self.redis.pipeline(transaction=False)
