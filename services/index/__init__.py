@@ -21,5 +21,6 @@ from services.index.builder import (  # noqa: F401
 from services.index.searcher import (  # noqa: F401
     SEARCH_K_FACTOR, LoadedIndex, Searcher, find_near_duplicate, load_index, near_duplicate,
 )
-from services.index.backend import BACKENDS, IndexBackend, IndexUnavailable, open_index  # noqa: F401
+from services.index.backend import BACKENDS, IndexBackend, open_index  # noqa: F401
+from services.index.errors import IndexUnavailable  # noqa: F401
 from services.index.filters import Filter  # noqa: F401

@@ -22,16 +22,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from services.index.errors import IndexUnavailable  # noqa: F401  (part of this interface)
 from services.index.filters import Filter
 from services.index.searcher import Searcher
 from services.store import Store
 
 BACKENDS = ("annoy", "milvus")
-
-
-class IndexUnavailable(Exception):
-    """The index service (Milvus) cannot be reached or refused a call: a 503 for the gateway, a
-    retry for a worker's task."""
 
 
 class IndexBackend(Protocol):

@@ -21,7 +21,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from services.index.backend import IndexUnavailable
+from services.index.errors import IndexUnavailable
 from services.index.filters import Filter
 from services.store import Store
 
