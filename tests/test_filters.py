@@ -24,6 +24,7 @@ def test_parse_reads_the_api_shape():
     # the top-level collection narrows the filter's collections
     assert Filter.parse("a", {"collection": ["a", "b"]}).collections == {"a"}
     assert Filter.parse("c", {"collection": ["a", "b"]}).collections == frozenset()
+    assert Filter.parse("", {}) is None  # an empty form field is no filter
     for bad in ({"label": 3}, {"collection": "a b"}, {"created_after": True}, {"when": 1}, {"label": []}):
         with pytest.raises(ValueError):
             Filter.parse(None, bad)
@@ -138,3 +139,15 @@ def test_the_gateway_answers_503_while_milvus_is_down(tmp_path, model_server):
         assert answer.headers["Retry-After"] == "5"
     finally:
         drop_keys(settings)
+
+
+def test_an_index_built_before_filters_reads_its_items_fields_from_the_store(store, tmp_path):
+    vecs = clustered(40, d=8, seed=3)
+    ids = [uuid4().hex for _ in vecs]
+    for i, iid in enumerate(ids):
+        store.create_image(iid, collection="even" if i % 2 == 0 else "odd")
+    store.put_vectors(MODEL, ids, vecs)
+    info = build_index(store, MODEL, tmp_path, n_trees=2, n_jobs=1)
+    (tmp_path / info["path"]).with_suffix(".attrs").unlink()
+    hits = Searcher(store, MODEL, tmp_path).search(vecs[1], 5, Filter(collections=frozenset({"even"})))
+    assert len(hits) == 5 and all(ids.index(i) % 2 == 0 for i, _ in hits)

@@ -44,9 +44,9 @@ class Filter:
         if unknown:
             raise ValueError(f"unknown filter field(s): {', '.join(sorted(unknown))}")
         collections = _names(where.get("collection"), "collection", check_collection)
+        collection = check_collection(collection)
         if collection is not None:
-            top = frozenset({check_collection(collection)} - {None})
-            collections = top if collections is None else collections & top
+            collections = frozenset({collection}) if collections is None else collections & {collection}
         f = cls(_names(where.get("label"), "label", _check_label), collections,
                 _time(where.get("created_after"), "created_after"), _time(where.get("created_before"), "created_before"))
         return None if f == cls() else f
