@@ -146,7 +146,8 @@ class Launcher:
             self._add(Role(f"worker-{i + 1}", py + ["worker", "-Q", "ingest", "-c", str(self.concurrency),
                                                     "-n", f"ingest{i + 1}@%h"]))
         self._add(Role("index-builder", py + ["worker", "-Q", "index", "-c", "1", "-n", "index@%h"]))
-        self._add(Role("gateway", [sys.executable, "-m", "gunicorn", "--bind", f"{self.host}:{self.port}",
+        self._add(Role("gateway", [sys.executable, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf",
+                                   "--bind", f"{self.host}:{self.port}",
                                    "--workers", "2", "--threads", "8", "--timeout", "120", "gateway:create_app()"]))
         for role in self.roles:
             if role.proc is None:

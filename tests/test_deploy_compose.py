@@ -297,3 +297,4 @@ def test_redis_has_a_memory_ceiling_and_tfserving_an_init():
     command = interpolate(service("redis")["command"], read_env_file(ENV_EXAMPLE))
     assert option_value(command, "--maxmemory") and option_value(command, "--maxmemory-policy") == "noeviction"
     assert service("tfserving")["init"] is True
+    assert service("tfserving")["platform"] == "linux/amd64"  # the only platform it is published for

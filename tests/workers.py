@@ -127,7 +127,8 @@ def start_gateway(settings: Settings, workers: int = 2, threads: int = 8,
     (the process, the API's base URL)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        [sys.executable, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers),
          "--threads", str(threads), "gateway:create_app()"],
         cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/api/v1"

@@ -27,8 +27,8 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from services import context
-from services.store import Store
 from services.broker import BUILD_INDEX_TASK, INGEST_QUEUE
+from services.store import Store
 
 log = logging.getLogger(__name__)
 HEARTBEAT = Path(tempfile.gettempdir()) / "vsearch-worker-alive"
