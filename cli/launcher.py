@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import redis
 import requests
 
+from services.store.connection import connect
 from services.config import PREFIX, Settings
 from modelserver.process import free_port
 from services.precision import AUTO, BF16, CPUINFO, FP32, cpu_has_bf16, served_name
@@ -39,7 +40,7 @@ class Role:
 
 def _redis_alive(url: str) -> bool:
     try:
-        return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+        return connect(url, socket_timeout=1, socket_connect_timeout=1).ping()
     except redis.RedisError:
         return False
 
@@ -145,7 +146,8 @@ class Launcher:
             self._add(Role(f"worker-{i + 1}", py + ["worker", "-Q", "ingest", "-c", str(self.concurrency),
                                                     "-n", f"ingest{i + 1}@%h"]))
         self._add(Role("index-builder", py + ["worker", "-Q", "index", "-c", "1", "-n", "index@%h"]))
-        self._add(Role("gateway", [sys.executable, "-m", "gunicorn", "--bind", f"{self.host}:{self.port}",
+        self._add(Role("gateway", [sys.executable, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf",
+                                   "--bind", f"{self.host}:{self.port}",
                                    "--workers", "2", "--threads", "8", "--timeout", "120", "gateway:create_app()"]))
         for role in self.roles:
             if role.proc is None:

@@ -10,7 +10,7 @@ import logging
 
 import click
 
-from cli import client_commands, eval_command, server_commands
+from cli import backup_commands, client_commands, eval_command, server_commands
 from services.process import configure_process
 
 
@@ -23,7 +23,8 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (*server_commands.COMMANDS, *client_commands.COMMANDS, eval_command.eval_cmd):
+for command in (*server_commands.COMMANDS, *backup_commands.COMMANDS, *client_commands.COMMANDS,
+                eval_command.eval_cmd):
     main.add_command(command)
 
 

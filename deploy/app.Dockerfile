@@ -54,4 +54,5 @@ FROM runtime AS app
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "8", "gateway:create_app()"]
+CMD ["gunicorn", "-c", "python:gateway.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2",
+     "--threads", "8", "gateway:create_app()"]

@@ -1,5 +1,6 @@
 """The Flask gateway: REST API under /api/v1, a web page at /. Serve with
-`gunicorn 'gateway:create_app()'` (or `vsearch gateway`)."""
+`gunicorn -c python:gateway.gunicorn_conf 'gateway:create_app()'` (as `vsearch up` does); the config file
+enables Prometheus multiprocess metrics."""
 from __future__ import annotations
 
 import logging

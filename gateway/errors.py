@@ -38,6 +38,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(redis.exceptions.ClusterError)  # a primary failing over
     def store_unavailable(exc: redis.RedisError):
         log.warning("Redis unavailable: %s", exc)
         return error_response(503, "store_unavailable", "the database is not available, try again shortly",

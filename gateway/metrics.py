@@ -1,10 +1,11 @@
 """Prometheus metrics of the gateway at /metrics: request latency by route, search and index figures."""
 from __future__ import annotations
 
+import os
 import time
 
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest, multiprocess
 
 REGISTRY = CollectorRegistry()
 _BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -15,9 +16,13 @@ SEARCH_SECONDS = Histogram("vsearch_search_seconds", "Search latency by query ki
 SEARCH_MODEL_IMAGES = Histogram("vsearch_search_model_images",
                                 "Images embedded in a query's model call (its views), by query kind", ["kind"],
                                 registry=REGISTRY, buckets=(1, 2, 3, 4, 6, 8))
-INDEX_ITEMS = Gauge("vsearch_index_items", "Vectors in the published Annoy index", registry=REGISTRY)
-INDEX_VERSION = Gauge("vsearch_index_version", "Version of the index this process serves", registry=REGISTRY)
-INDEX_FRESH = Gauge("vsearch_index_fresh_items", "Vectors searched exactly, not yet in Annoy", registry=REGISTRY)
+# Under gunicorn (gateway/gunicorn_conf.py) every process sets these; a scrape shows the latest value.
+INDEX_ITEMS = Gauge("vsearch_index_items", "Vectors in the published Annoy index", registry=REGISTRY,
+                    multiprocess_mode="mostrecent")
+INDEX_VERSION = Gauge("vsearch_index_version", "Version of the index this process serves", registry=REGISTRY,
+                      multiprocess_mode="mostrecent")
+INDEX_FRESH = Gauge("vsearch_index_fresh_items", "Vectors searched exactly, not yet in Annoy", registry=REGISTRY,
+                    multiprocess_mode="mostrecent")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -34,7 +39,17 @@ def metrics():
         INDEX_FRESH.set(status["fresh"])
     except Exception:  # metrics must answer even when Redis or the model server does not
         pass
-    return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_scraped()), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _scraped() -> CollectorRegistry:
+    """This process's metrics, or, under gunicorn with gateway/gunicorn_conf.py, every process's
+    added up (each writes its values to files in PROMETHEUS_MULTIPROC_DIR)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def init_app(app: Flask) -> None:

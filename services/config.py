@@ -20,9 +20,12 @@ def _split_paths(value: str) -> tuple[Path, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    # Redis: broker, result backend and system of record. Keys are namespaced by `redis_prefix`.
+    # Redis: the system of record. Keys are namespaced by `redis_prefix`. `redis+cluster://host:port`
+    # (any node of a Redis Cluster) connects to a cluster (services/store/connection.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "vsearch:"
+    # The Celery broker (services/broker.py): unset, the records' Redis; `amqp://...` for RabbitMQ.
+    broker_url: str | None = None
     # Where the gateway answers (used by the CLI's client commands).
     gateway_url: str = "http://127.0.0.1:8000"
     # Model server (TF Serving or `vsearch model-server`), gRPC host:port.
@@ -98,6 +101,14 @@ class Settings:
         # Absolute paths: the gateway serves files and children inherit these (cwd-independent).
         for name in ("model_base", "data_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
+
+    @property
+    def broker(self) -> str:
+        url = self.broker_url or self.redis_url
+        if "+cluster://" in url:
+            raise ValueError(f"{PREFIX}BROKER_URL must be set when the records are on a Redis Cluster "
+                             "(Celery cannot use one as its broker): amqp://... or a plain redis://...")
+        return url
 
     @property
     def index_dir(self) -> Path:

@@ -64,22 +64,52 @@ def serving_image(data: bytes, path: str = "/copy.jpg"):
         thread.join(5)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real 3-primary Redis Cluster (one replica each) on loopback ports, one per session."""
+    import shutil
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server binary")
+    from tests.redis_cluster import LocalCluster
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=("redis", "cluster"))
+def records_url(request):
+    """Each record store in turn: the test Redis, and a Redis Cluster."""
+    from tests.workers import TEST_REDIS_URL
+    return TEST_REDIS_URL if request.param == "redis" else request.getfixturevalue("redis_cluster").url
+
+
 @pytest.fixture
-def store():
-    """A Store on the test Redis under a key prefix of its own, removed afterwards."""
+def store(records_url):
+    """A Store under a key prefix of its own (single Redis and cluster), removed afterwards."""
     import uuid
 
-    import redis
-
     from services.store import Store
-    from tests.workers import TEST_REDIS_URL
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    from services.store.connection import connect
+    from tests.workers import drop_prefix
+    client = connect(records_url)
     prefix = f"test:{uuid.uuid4().hex}:"
     yield Store(client, prefix)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i:i + 500])
+    drop_prefix(client, Store(client, prefix).prefix)
     client.close()
+
+
+@pytest.fixture(params=("redis", "rabbitmq"))
+def broker_url(request):
+    """Each broker in turn: None (the records' Redis) and a RabbitMQ virtual host of the test's own."""
+    if request.param == "redis":
+        yield None
+        return
+    import shutil
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs RabbitMQ (rabbitmqctl)")
+    from tests.workers import rabbitmq_vhost
+    with rabbitmq_vhost() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 
 MODEL_SERVER_OVERRIDE = ROOT / "deploy" / "compose.model-server.yml"
+SCALE_OVERRIDE = ROOT / "deploy" / "compose.scale.yml"
 
 
 ENV_EXAMPLE = ROOT / ".env.example"

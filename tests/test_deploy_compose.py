@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 from tests.deploy_files import (
     APP_SERVICES, BATCHING_FIELDS, COMPOSE_FILE, ENV_EXAMPLE, EXPORT_ONCE,
     GATEWAY_PORT, GRPC_PORT, K8S_DIR, LONG_RUNNING, MODEL_SERVER_OVERRIDE,
-    MissingVariable, REDIS_PORT, REST_PORT, SETTINGS_VARS, TFSERVING_DIR,
+    MissingVariable, REDIS_PORT, REST_PORT, SCALE_OVERRIDE, SETTINGS_VARS, TFSERVING_DIR,
     TF_SERVING_FLAGS, VSEARCH_VAR, batching_parameters, check_vsearch_command, compose,
     compose_raw, dockerignored, environment, flag_values, host_port,
     interpolate, interpolated_names, model_server_config, mount_for, mounts,
@@ -41,6 +41,27 @@ def test_milvus_override_is_valid_and_points_every_app_service_at_milvus():
         settings = Settings.from_env(env)
         assert (settings.index_backend, urlsplit(settings.milvus_uri).hostname) == ("milvus", "milvus")
         assert urlsplit(settings.milvus_uri).hostname in override["services"]
+
+
+def test_scale_profile_brokers_on_rabbitmq_and_keeps_records_on_a_durable_redis_cluster():
+    scale = yaml.safe_load(SCALE_OVERRIDE.read_text())
+    assert schema_errors(scale) == []
+    services = scale["services"]
+    added = set(services) - set(compose()["services"])
+    assert added == {"rabbitmq", "redis-cluster-init", *(f"redis-{i}" for i in range(2, 7))}
+    assert all(services[name]["profiles"] == ["scale"] for name in added)
+    for name in ("redis", *(f"redis-{i}" for i in range(2, 7))):
+        command = services[name]["command"]
+        assert option_value(command, "--cluster-enabled") == "yes", name
+        assert option_value(command, "--appendfsync") == "everysec", name
+        assert option_value(command, "--maxmemory-policy") == "noeviction", name
+    env = interpolate(scale, {"RABBITMQ_PASSWORD": "pw"})["services"]
+    for name in APP_SERVICES:
+        settings = Settings.from_env(env[name]["environment"])
+        assert settings.redis_url.startswith("redis+cluster://redis:")
+        assert settings.broker == "amqp://vsearch:pw@rabbitmq:5672/"
+        assert env[name]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+        assert env[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
 def test_the_schema_check_catches_a_misspelled_key():
@@ -137,7 +158,7 @@ def test_no_secret_in_the_compose_file_and_env_example_lists_what_it_needs():
                 assert re.fullmatch(r"\$\{[^}]+\}", str(value)), f"{name}.{var} must come from .env"
     example = read_env_file(ENV_EXAMPLE)
     assert example["VSEARCH_API_TOKEN"] == "", ".env.example must not carry a token"
-    names = interpolated_names(raw)
+    names = interpolated_names(raw) | interpolated_names(yaml.safe_load(SCALE_OVERRIDE.read_text()))
     assert set(example) == set(names), "every interpolated variable in .env.example and no other"
     with pytest.raises(MissingVariable, match="VSEARCH_API_TOKEN"):
         interpolate(raw, read_env_file(ENV_EXAMPLE))  # compose refuses to run without a token
@@ -286,3 +307,4 @@ def test_redis_has_a_memory_ceiling_and_tfserving_an_init():
     command = interpolate(service("redis")["command"], read_env_file(ENV_EXAMPLE))
     assert option_value(command, "--maxmemory") and option_value(command, "--maxmemory-policy") == "noeviction"
     assert service("tfserving")["init"] is True
+    assert service("tfserving")["platform"] == "linux/amd64"  # the only platform it is published for

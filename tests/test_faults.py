@@ -25,6 +25,7 @@ from tests.workers import (
     isolated_settings,
     wait_for_index,
     wait_for_job,
+    wait_until,
 )
 from worker.celery_app import make_celery
 from services.jobs import request_rebuild, submit_job
@@ -34,9 +35,12 @@ MODEL_KEY = "effnet_lite0:1"
 
 @pytest.fixture
 def owned():
-    """What a test starts (settings to clean, workers and processes to stop), torn down in reverse."""
-    things = {"settings": [], "workers": [], "procs": []}
+    """What a test starts (clients to close, settings to clean, workers and processes to stop), torn
+    down in reverse."""
+    things = {"settings": [], "workers": [], "procs": [], "close": []}
     yield things
+    for close in things["close"]:
+        close()
     for w in things["workers"]:
         w.stop()
     for p in things["procs"]:
@@ -46,16 +50,6 @@ def owned():
             drop_keys(s)
         except redis.RedisError:
             pass  # a test-owned Redis is already gone with its data
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout_s} s")
 
 
 def search_upload(client, data: bytes):
@@ -154,20 +148,22 @@ def _ping(client) -> bool:
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
-def test_redis_restarted_mid_job_loses_no_acknowledged_image(owned, model_server, photos, tmp_path):
+def test_redis_restarted_mid_job_loses_no_acknowledged_image(owned, model_server, photos, tmp_path, broker_url):
+    """The records' Redis restarted: as the broker too, or beside RabbitMQ (then only the records are away)."""
     port = free_port()
     rdir, rlog = tmp_path / "redis", tmp_path / "redis.log"
     owned["procs"].append(start_redis(port, rdir, rlog))
     settings = isolated_settings(tmp_path, model_server, redis_url=f"redis://127.0.0.1:{port}/0",
-                                 ingest_chunk=3, task_visibility_timeout_s=8)
+                                 broker_url=broker_url, ingest_chunk=3, task_visibility_timeout_s=8)
     owned["settings"].append(settings)
-    store = Store.from_settings(settings)
+    store, app = Store.from_settings(settings), make_celery(settings)
+    owned["close"] += [store.redis.close, app.close]  # their sockets to the Redis this test kills
     worker = WorkerProcess(settings, tmp_path, concurrency=2)
     owned["workers"].append(worker)
     worker.wait_ready()
 
     paths = variants(photos, tmp_path / "many")
-    job_id = submit_job(make_celery(settings), store, {"kind": "directory", "directory": str(tmp_path / "many")})
+    job_id = submit_job(app, store, {"kind": "directory", "directory": str(tmp_path / "many")})
     wait_until(lambda: (store.get_job(job_id) or {}).get("done", 0) >= 9, 60, "9 images done")
     acknowledged = {k.decode() for k in store.redis.hkeys(store.key("vectors", MODEL_KEY))}
     done_before = store.get_job(job_id)["done"]
@@ -253,3 +249,35 @@ def test_index_build_killed_half_way_then_corrupt_file_refused(owned, model_serv
     good = build_index(store, SYNTHETIC, settings.index_dir, n_trees=4)
     state = gateway.get("/api/v1/index").json
     assert (state["version"], state["error"], state["count"]) == (good["version"], None, 30_510)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs RabbitMQ (rabbitmqctl)")
+def test_rabbitmq_restarted_mid_job_indexes_every_image_once(owned, model_server, photos, tmp_path):
+    """The broker's application stopped and started under a running job: the quorum queue keeps its
+    messages, the worker reconnects, messages in flight are delivered again and counted once."""
+    from tests.workers import rabbitmq_vhost, rabbitmqctl
+    with rabbitmq_vhost() as broker_url:
+        settings = isolated_settings(tmp_path, model_server, broker_url=broker_url, ingest_chunk=3,
+                                     task_visibility_timeout_s=10)
+        owned["settings"].append(settings)
+        store = Store.from_settings(settings)
+        worker = WorkerProcess(settings, tmp_path, concurrency=2)
+        worker.wait_ready()
+        try:
+            paths = variants(photos, tmp_path / "many")
+            job_id = submit_job(make_celery(settings), store, {"kind": "directory", "directory": str(tmp_path / "many")})
+            wait_until(lambda: (store.get_job(job_id) or {}).get("done", 0) >= 6, 60, "6 images done")
+            rabbitmqctl("stop_app")
+            try:
+                time.sleep(2)
+            finally:
+                rabbitmqctl("start_app")  # always: RabbitMQ serves the whole machine
+            rabbitmqctl("await_startup")
+            job = wait_for_job(store, job_id, timeout_s=120, workers=[worker])
+            assert worker.proc.poll() is None, "the worker died with the broker"
+            assert "Connection to broker lost" in worker.log()
+            assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 60, 60, 0), job
+            assert_indexed_once(store, paths)
+            wait_for_index(store, MODEL_KEY, 60)
+        finally:
+            worker.stop()

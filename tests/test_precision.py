@@ -134,10 +134,13 @@ def _ingest(settings: Settings, paths, job_id: str) -> dict:
 @needs_bf16
 @pytest.mark.parametrize("first, then", [("auto", FP32), (FP32, BF16)])
 def test_an_index_refuses_vectors_of_the_other_precision(serving, photos, tmp_path, first, then):
+    copies = [tmp_path / p.name for p in photos[:5]]  # items are read only under the allowed roots
+    for photo, copy in zip(photos, copies):
+        copy.write_bytes(photo.read_bytes())
     settings = isolated_settings(tmp_path, serving["default"], model_precision=first)
     try:
-        job = _ingest(settings, photos[:3], "first")
-        assert job["done"] == 3 and job["failed"] == 0, job
+        job = _ingest(settings, copies[:3], "first")
+        assert job["done"] == 3 and job["failed"] == 0, (job["errors"], job)
         key = Context(settings).model_key
         assert precision_of(key) == (BF16 if first == "auto" else FP32)  # auto: bf16 where served
 
@@ -145,7 +148,7 @@ def test_an_index_refuses_vectors_of_the_other_precision(serving, photos, tmp_pa
                                   redis_prefix=settings.redis_prefix)
         with pytest.raises(PrecisionMismatch, match=f"the index holds {precision_of(key)} vectors"):
             Context(other).model_key
-        job = _ingest(other, photos[3:5], "second")
+        job = _ingest(other, copies[3:5], "second")
         assert job["failed"] == 2 and "VSEARCH_MODEL_PRECISION" in job["errors"][0]["error"], job
         assert Context(settings).store.count_vectors(key) == 3
     finally:

@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.config import Settings
 from services.store import Store, image_id
@@ -20,6 +22,28 @@ MODEL = "effnet_lite0:1"
 def unit(rng, n, d=8):
     v = rng.standard_normal((n, d)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+KEY_TEXT = st.text(max_size=12) | st.text(alphabet="ab:{}", max_size=12)  # braces often
+
+
+@given(prefix=KEY_TEXT.filter(bool), parts=st.lists(st.lists(KEY_TEXT, min_size=1, max_size=3), min_size=2, max_size=6))
+def test_on_a_cluster_every_key_of_a_deployment_lies_in_one_slot(prefix, parts):
+    """The keys one Lua script or transaction touches must share a slot: on a cluster every key of
+    a deployment does, whatever its prefix (one with braces that form no hash tag is refused)."""
+    from redis.crc import key_slot
+
+    from services.store.connection import key_prefix
+    try:
+        tagged = key_prefix(prefix, cluster=True)
+    except ValueError:  # braces that make no hash tag: refused, never silently spread over slots
+        assert "{" in prefix or "}" in prefix
+        return
+    store = Store.__new__(Store)
+    store.prefix = tagged
+    keys = [store.key(*p) for p in parts]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert prefix in tagged and key_prefix(prefix, cluster=False) == prefix
 
 
 def test_image_id_is_sha256_hex():

@@ -1,4 +1,5 @@
-"""Indexing for real: Redis, Celery worker processes, the model server; a worker killed mid-job."""
+"""Indexing for real: Redis, Celery worker processes, the model server; a worker killed mid-job.
+Every test here runs on both brokers: the records' Redis and RabbitMQ (the `broker_url` fixture)."""
 from __future__ import annotations
 
 import shutil
@@ -16,17 +17,18 @@ from services.store import Store, image_id
 from services.tfs_client import ModelClient
 from tests.conftest import free_port, imagenet_label
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
-from services.broker import INGEST_QUEUE
+from services.broker import INGEST_QUEUE, is_amqp
 from worker.celery_app import make_celery
 from worker.ingest import Item
+from worker.watchdog import _waiting_messages
 from services.jobs import submit_job
 
 
 @pytest.fixture
-def env(tmp_path, model_server):
+def env(tmp_path, model_server, broker_url):
     """Settings, store and Celery app of one isolated deployment; workers are started by each test."""
     def make(**overrides):
-        settings = isolated_settings(tmp_path, model_server, **overrides)
+        settings = isolated_settings(tmp_path, model_server, broker_url=broker_url, **overrides)
         made.append(settings)
         return settings, Store.from_settings(settings), make_celery(settings)
     made, workers = [], []
@@ -140,8 +142,13 @@ def test_killing_a_worker_mid_job_loses_nothing_and_indexes_once(env, photos, tm
         time.sleep(0.05)
     victim.kill()
     assert store.get_job(job_id)["state"] == "running"
-    # the victim died holding messages it had not acknowledged: they must come back
-    assert store.redis.hlen(settings.redis_prefix + "unacked") > 0
+    # the victim died holding messages it had not acknowledged: the broker still has them
+    unfinished = len(store.unfinished_chunks(job_id))
+    assert unfinished > 0
+    deadline = time.monotonic() + 30
+    while (kept := messages_kept(settings, store, app)) < unfinished:
+        assert time.monotonic() < deadline, f"the broker kept {kept} messages for {unfinished} unfinished chunks"
+        time.sleep(0.1)
     workers.append(WorkerProcess(settings, tmp_path, concurrency=2, name="survivor"))
     workers[0].wait_ready()
 
@@ -155,9 +162,16 @@ def test_killing_a_worker_mid_job_loses_nothing_and_indexes_once(env, photos, tm
     wait_for_index(store, model_key, 60)
 
 
+def messages_kept(settings, store, app) -> int:
+    """The broker's messages for the ingest queue: waiting, plus (Redis) held unacknowledged. RabbitMQ
+    requeues a dead consumer's messages itself as soon as its connection drops."""
+    waiting = _waiting_messages(app)
+    return waiting if is_amqp(settings.broker) else waiting + store.redis.hlen(settings.redis_prefix + "unacked")
+
+
 def test_messages_lost_with_a_worker_are_sent_again(env, photos, tmp_path):
     """Kombu's Redis transport pops a message before recording it as unacknowledged: a worker killed
-    in between loses it. Both kinds of job message are lost here on purpose; the watchdog that every
+    in between loses it (RabbitMQ doesn't, but a message can be lost before it: the watchdog serves both). Both kinds of job message are lost here on purpose; the watchdog that every
     worker runs sends them again once the queue is empty and the job has made no progress for the
     visibility timeout."""
     make, workers = env

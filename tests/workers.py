@@ -1,6 +1,7 @@
 """Test helpers that run the real thing: an isolated Redis namespace and Celery worker processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,6 @@ import uuid
 from dataclasses import fields, replace
 from pathlib import Path
 
-import redis
 import requests
 
 from services.config import PREFIX, Settings
@@ -18,6 +18,23 @@ from modelserver.process import free_port, stop_process
 from tests.conftest import ROOT
 
 TEST_REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_RABBITMQ_URL = os.environ.get("VSEARCH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost():
+    """A RabbitMQ virtual host of its own (its queues isolated from other runs): yields its URL."""
+    vhost = f"test-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield TEST_RABBITMQ_URL.rstrip("/") + "/" + vhost
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
 
 
 def isolated_settings(tmp_path: Path, model_server: str, **overrides) -> Settings:
@@ -43,11 +60,28 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def drop_keys(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=settings.redis_prefix + "*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i:i + 500])
-    client.close()
+    """Removes a deployment's records, and its broker's keys when the broker is the records' Redis."""
+    from services.store import Store
+    store = Store.from_settings(settings)
+    try:
+        drop_prefix(store.redis, store.prefix)
+        if settings.broker_url is None:
+            drop_prefix(store.redis, settings.redis_prefix)
+    finally:
+        store.redis.close()
+
+
+def drop_prefix(client, prefix: str) -> None:
+    keys = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+    for i in range(0, len(keys), 1000):
+        pipe = client.pipeline(transaction=False)  # one DEL per key: on a cluster keys may lie apart
+        for key in keys[i:i + 1000]:
+            pipe.delete(key)
+        pipe.execute()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class WorkerProcess:
@@ -93,7 +127,8 @@ def start_gateway(settings: Settings, workers: int = 2, threads: int = 8,
     (the process, the API's base URL)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        [sys.executable, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers),
          "--threads", str(threads), "gateway:create_app()"],
         cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/api/v1"
@@ -108,6 +143,16 @@ def start_gateway(settings: Settings, workers: int = 2, threads: int = 8,
             stop_process(proc)
             raise RuntimeError(f"the gateway did not become ready (exit code {proc.returncode})")
         time.sleep(0.2)
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout_s} s")
 
 
 def wait_for_job(store, job_id: str, timeout_s: float = 180, workers=()) -> dict:

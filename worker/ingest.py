@@ -31,6 +31,7 @@ from services.index import near_duplicate
 from services.index.filters import check_collection
 from services.sources import MIB, SourceError, fetch_with_settings, read_file
 from services.store import check_label, image_id
+from services.store.connection import UNAVAILABLE as STORE_UNAVAILABLE
 from services.tfs_client import ModelServerError
 from worker.metrics import BATCH_IMAGES, MODEL_SECONDS
 
@@ -101,6 +102,8 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
         (decoded if isinstance(result, _Decoded) else updates).append(result)
     try:
         near, embedded = _index(ctx, job_id, decoded, info, updates)
+    except STORE_UNAVAILABLE:
+        raise  # down or failing over (some of these are ResponseErrors): the task comes back
     except (ModelServerError, redis.ResponseError, redis.DataError, ValueError) as exc:
         if getattr(exc, "transient", False):
             raise

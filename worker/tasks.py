@@ -18,17 +18,16 @@ import time
 from pathlib import Path
 
 import kombu.exceptions
-import redis
 from celery import current_app, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 
 from services import context, sources
-from services.index import IndexUnavailable
 from services.precision import PrecisionMismatch
 from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
-from services.index import run_coalesced_build
+from services.index import IndexUnavailable, run_coalesced_build
+from services.store.connection import UNAVAILABLE as STORE_UNAVAILABLE
 from services.jobs import request_rebuild
 from services.tfs_client import ModelServerUnavailable
 from worker.ingest import Item, failed, ingest_chunk, remove_incoming
@@ -36,7 +35,7 @@ from worker.planning import plan_job, rebuild_due
 
 logger = get_task_logger(__name__)
 TRANSIENT = (ModelServerUnavailable, IndexUnavailable)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
+REDIS_DOWN = (*STORE_UNAVAILABLE, kombu.exceptions.OperationalError, ConnectionError)
 REDIS_BACKOFF_S = 2.0
 
 

@@ -25,11 +25,10 @@ from pathlib import Path
 
 from celery import Celery
 from celery.signals import worker_ready
-from kombu.exceptions import ChannelError
 
 from services import context
-from services.store import Store
 from services.broker import BUILD_INDEX_TASK, INGEST_QUEUE
+from services.store import Store
 
 log = logging.getLogger(__name__)
 HEARTBEAT = Path(tempfile.gettempdir()) / "vsearch-worker-alive"
@@ -69,11 +68,12 @@ def restart_orphaned_builds(app: Celery, store: Store, orphaned_before: set[str]
 
 
 def _waiting_messages(app: Celery) -> int:
+    """Messages ready in the ingest queue (not those held by workers). The queue is declared as
+    configured, which changes nothing when it exists and works on every transport (a passive
+    declare does not: kombu's Redis transport ignores its key prefix there and finds no queue)."""
     with app.connection_for_read() as conn:
-        try:
-            return conn.default_channel.queue_declare(INGEST_QUEUE, passive=True).message_count
-        except ChannelError:  # Redis has no key for an empty queue
-            return 0
+        queue = app.amqp.queues[INGEST_QUEUE].bind(conn.default_channel)
+        return queue.queue_declare().message_count
 
 
 def _run(app: Celery) -> None:

@@ -26,14 +26,17 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
 added and ids deleted after it are exactly the log entries scored above it. A searcher polls
 that one counter per query to know whether anything changed.
 
-Multi-key updates are Lua scripts, atomic on the server. `delete_image` touches keys derived
-from `p:models` inside its script: fine on a single Redis, not cluster-safe.
+Multi-key updates are Lua scripts, atomic on the server, that name every key they touch. On a
+Redis Cluster (`redis+cluster://`) `p` is wrapped in a hash tag (`{vsearch:}image:<id>`), so all
+keys of a deployment share one slot and every script and transaction stays legal there
+(services/store/connection.py).
 """
 from __future__ import annotations
 
-import redis
+from redis.cluster import RedisCluster
 
 from services.store.common import image_id
+from services.store.connection import connect, decodes_responses, key_prefix, script_factory
 from services.store.images import IMAGE_FIELDS, STATUSES, ImageRecords, check_label
 from services.store.index_state import IndexState
 from services.store.jobs import JOB_TTL_S, MAX_JOB_ERRORS, MAX_LISTED_JOBS, JobStore
@@ -46,20 +49,22 @@ class Store(ImageRecords, VectorStore, JobStore, IndexState):
     """One Redis client and key prefix; each part (images, vectors, jobs, index state) lives in its
     own module of this package and adds its methods and Lua scripts here."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "vsearch:"):
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+    def __init__(self, client, prefix: str = "vsearch:"):
+        """`client`: a redis.Redis or a redis.cluster.RedisCluster."""
+        if decodes_responses(client):
             raise ValueError("Store needs a Redis client with decode_responses=False (vectors are bytes)")
         self.redis = client
-        self.prefix = prefix
+        self.cluster = isinstance(client, RedisCluster)
+        self.prefix = key_prefix(prefix, self.cluster)
+        script = script_factory(client)
         for part in (ImageRecords, VectorStore, JobStore, IndexState):
-            part._register_scripts(self, client.register_script)
+            part._register_scripts(self, script)
 
     @classmethod
     def from_settings(cls, settings, **redis_kwargs) -> "Store":
         # Explicit timeouts: a stuck Redis must fail a request, not hang a gateway thread.
         kwargs = dict(socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30)
-        client = redis.Redis.from_url(settings.redis_url, **(kwargs | redis_kwargs))
-        return cls(client, settings.redis_prefix)
+        return cls(connect(settings.redis_url, **(kwargs | redis_kwargs)), settings.redis_prefix)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from services.store.common import _decode, _pairs
 
@@ -56,15 +56,25 @@ if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
 if #ARGV > 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
 return 1
 """
+# KEYS: image, deleted, seq, models, then per model key (ARGV[2..]) its vectors, added and layouts
+# keys. The caller read the model keys first: if they changed since, -1 (read them and call again).
 _DELETE_IMAGE = """
+local models = redis.call('SMEMBERS', KEYS[4])
+if #models ~= #ARGV - 1 then return -1 end
+for _, model in ipairs(models) do
+  local known = false
+  for i = 2, #ARGV do known = known or ARGV[i] == model end
+  if not known then return -1 end
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
 if status == 'deleted' then return 1 end
 redis.call('HSET', KEYS[1], 'status', 'deleted')
 redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
-for _, model in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  redis.call('HDEL', ARGV[2] .. 'vectors:' .. model, ARGV[1])
-  redis.call('ZREM', ARGV[2] .. 'added:' .. model, ARGV[1])
+for i = 5, #KEYS, 3 do
+  redis.call('HDEL', KEYS[i], ARGV[1])
+  redis.call('ZREM', KEYS[i + 1], ARGV[1])
+  redis.call('HDEL', KEYS[i + 2], ARGV[1])
 end
 return 1
 """
@@ -94,6 +104,19 @@ class ImageRecords:
                                args=[image_id, -1 if deleted_after is None else deleted_after, *_pairs(fields)],
                                client=pipe)
         return [None if r < 0 else bool(r) for r in pipe.execute()]
+
+    def iter_image_ids(self, batch: int = 1000) -> Iterator[list[str]]:
+        """Every image id, in chunks (a SCAN: one created meanwhile may or may not be listed)."""
+        start = self.key("image", "")
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in start) + "*"
+        chunk = []
+        for key in self.redis.scan_iter(match=pattern, count=batch):
+            chunk.append(key.decode()[len(start):])
+            if len(chunk) == batch:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def get_image(self, image_id: str) -> dict | None:
         return self.get_images([image_id])[0]
@@ -130,11 +153,11 @@ class ImageRecords:
 
     def delete_image(self, image_id: str) -> bool:
         """Tombstone the record and drop its vectors, layouts and log entries; False if unknown."""
-        keys = [self.key("image", image_id), self.key("deleted"), self.key("seq"), self.key("models")]
-        deleted = bool(self._delete_image(keys=keys, args=[image_id, self.prefix]))
-        if deleted:
-            pipe = self.redis.pipeline(transaction=False)
-            for model_key in self.model_keys():
-                pipe.hdel(self.key("layouts", model_key), image_id)
-            pipe.execute()
-        return deleted
+        while True:
+            models = self.model_keys()
+            keys = [self.key("image", image_id), self.key("deleted"), self.key("seq"), self.key("models")]
+            for model_key in models:
+                keys += [self.key("vectors", model_key), self.key("added", model_key), self.key("layouts", model_key)]
+            result = self._delete_image(keys=keys, args=[image_id, *models])
+            if result >= 0:
+                return bool(result)
