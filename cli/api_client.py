@@ -37,35 +37,39 @@ class GatewayClient:
             raise ApiError(response.status_code, error["code"], error["message"])
         return response.json() if response.content else {}
 
-    def search_file(self, path: Path, k: int, **fields) -> dict:
+    def search_file(self, path: Path, k: int, collection: str | None = None, min_verdict: str | None = None) -> dict:
+        form = {"k": str(k)} | ({"collection": collection} if collection else {}) | \
+            ({"min_verdict": min_verdict} if min_verdict else {})
         with open(path, "rb") as f:
-            return self._call("POST", "/search", files={"file": (path.name, f)}, data={"k": str(k), **fields})
+            return self._call("POST", "/search", files={"file": (path.name, f)}, data=form)
 
     def search(self, **query) -> dict:
-        return self._call("POST", "/search", json=query)
+        return self._call("POST", "/search", json={k: v for k, v in query.items() if v is not None})
 
-    def add_files(self, paths: list[Path], label: str | None = None) -> dict:
+    def add_files(self, paths: list[Path], label: str | None = None, collection: str | None = None) -> dict:
         handles = [open(p, "rb") for p in paths]
+        form = {k: v for k, v in (("label", label), ("collection", collection)) if v}
         try:
             files = [("file", (p.name, h)) for p, h in zip(paths, handles)]
-            return self._call("POST", "/images", files=files, data={"label": label} if label else None)
+            return self._call("POST", "/images", files=files, data=form or None)
         finally:
             for h in handles:
                 h.close()
 
-    def add_urls(self, urls: list[str]) -> dict:
-        return self._call("POST", "/jobs", json={"urls": urls})
+    def add_urls(self, urls: list[str], collection: str | None = None) -> dict:
+        return self._call("POST", "/jobs", json={"urls": urls, "collection": collection})
 
-    def add_directory(self, directory: Path) -> dict:
-        return self._call("POST", "/jobs", json={"directory": str(directory.resolve())})
+    def add_directory(self, directory: Path, collection: str | None = None) -> dict:
+        return self._call("POST", "/jobs", json={"directory": str(directory.resolve()), "collection": collection})
 
-    def upload_directory(self, directory: Path) -> dict:
+    def upload_directory(self, directory: Path, collection: str | None = None) -> dict:
         """For a gateway that may not read this directory: send it as a tar archive."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             tar.add(directory, arcname=directory.name)
         buffer.seek(0)
-        return self._call("POST", "/jobs", files={"archive": (f"{directory.name}.tar", buffer)})
+        return self._call("POST", "/jobs", files={"archive": (f"{directory.name}.tar", buffer)},
+                          data={"collection": collection} if collection else None)
 
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/jobs/{job_id}")

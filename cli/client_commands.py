@@ -22,26 +22,27 @@ def _client(gateway: str | None, token: str | None):
 @click.command("index")
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--label", help="Label for single files or URLs.")
+@click.option("--collection", help="Add the images to this collection (searches can keep to one).")
 @click.option("--no-wait", is_flag=True, help="Enqueue and return the job ids.")
 @GATEWAY
 @TOKEN
-def index_cmd(targets, label, no_wait, gateway, token):
+def index_cmd(targets, label, collection, no_wait, gateway, token):
     """Index directories (folder-per-class trees record the class as label), files or URLs."""
     from cli.api_client import ApiError, split_targets
     client = _client(gateway, token)
     try:
         urls, dirs, files = split_targets(targets)
-        job_ids = [client.add_urls(urls)["job_id"]] if urls else []
+        job_ids = [client.add_urls(urls, collection)["job_id"]] if urls else []
         if files:
-            job_ids.append(client.add_files(files, label)["job_id"])
+            job_ids.append(client.add_files(files, label, collection)["job_id"])
         for directory in dirs:
             try:
-                job_ids.append(client.add_directory(directory)["job_id"])
+                job_ids.append(client.add_directory(directory, collection)["job_id"])
             except ApiError as exc:
                 if exc.code != "not_allowed":
                     raise
                 click.echo(f"{directory}: the gateway may not read it ({exc.message}); uploading it instead", err=True)
-                job_ids.append(client.upload_directory(directory)["job_id"])
+                job_ids.append(client.upload_directory(directory, collection)["job_id"])
         if no_wait:
             click.echo("\n".join(job_ids))
             return
@@ -59,24 +60,24 @@ def index_cmd(targets, label, no_wait, gateway, token):
 @click.option("--image-id")
 @click.option("-k", "--k", "k", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write a result-row image (PNG).")
+@click.option("--collection", help="Search only this collection.")
 @click.option("--local", is_flag=True, help="No gateway: embed with the model server, search the index directly.")
 @click.option("--min-verdict", type=click.Choice(["exact", "copy", "similar"]),
               help="Only results at least this close (exact > copy > similar).")
 @GATEWAY
 @TOKEN
-def search_cmd(img_file, img_url, image_id, k, out, local, min_verdict, gateway, token):
+def search_cmd(img_file, img_url, image_id, k, collection, out, local, min_verdict, gateway, token):
     """Find the indexed images that look like a query image."""
     from cli.api_client import ApiError
     if sum(x is not None for x in (img_file, img_url, image_id)) != 1:
         raise click.UsageError("give exactly one of --img-file, --img-url, --image-id")
     try:
         if local:
-            result, thumbnails = _search_local(img_file, img_url, image_id, k, min_verdict)
+            result, thumbnails = _search_local(img_file, img_url, image_id, k, collection, min_verdict)
         else:
             client = _client(gateway, token)
-            extra = {"min_verdict": min_verdict} if min_verdict else {}
-            result = client.search_file(img_file, k, **extra) if img_file else \
-                client.search(url=img_url, k=k, **extra) if img_url else client.search(image_id=image_id, k=k, **extra)
+            result = client.search_file(img_file, k, collection, min_verdict) if img_file else \
+                client.search(url=img_url, image_id=image_id, k=k, collection=collection, min_verdict=min_verdict)
             thumbnails = lambda iid: client.thumbnail(iid)  # noqa: E731
     except Exception as exc:
         if isinstance(exc, (ApiError, OSError, ValueError)) or _is_query_error(exc):
@@ -96,13 +97,15 @@ def search_cmd(img_file, img_url, image_id, k, out, local, min_verdict, gateway,
 
 
 def _search_local(img_file: Path | None, img_url: str | None, image_id: str | None, k: int,
-                  min_verdict: str | None = None):
+                  collection: str | None = None, min_verdict: str | None = None):
     """The gateway's query path in this process (services.search), answered in the API's shape."""
     from services import files, search
     from services.context import Context
+    from services.index import Filter
     settings = _settings()
     data = img_file.read_bytes() if img_file else None
-    result = search.search(Context(settings), data=data, url=img_url, image_id=image_id, k=k, min_verdict=min_verdict)
+    result = search.search(Context(settings), data=data, url=img_url, image_id=image_id, k=k,
+                           where=Filter.parse(collection), min_verdict=min_verdict)
     hits = [{"id": h.id, "score": h.score, "match": h.match, "verdict": h.verdict,
              "label": (h.record or {}).get("label"), "source": (h.record or {}).get("source")} for h in result.hits]
     answer = {"results": hits, "verdict": result.verdict, "took_ms": result.took_ms,

@@ -25,6 +25,8 @@ COPY gateway gateway
 COPY model_export model_export
 # Base dependencies only: the `model` and `export` extras (TensorFlow, torch) are not installed.
 RUN --mount=type=cache,target=/root/.cache/pip pip install .
+# The Milvus client, for VSEARCH_INDEX_BACKEND=milvus (deploy/compose.milvus.yml).
+RUN --mount=type=cache,target=/root/.cache/pip pip install "pymilvus>=3.0,<4"
 
 FROM build AS build-flower
 RUN --mount=type=cache,target=/root/.cache/pip pip install "flower>=2.0,<3"

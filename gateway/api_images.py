@@ -9,7 +9,7 @@ from flask import Blueprint, send_file
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import json_body, optional_label, shown_source, uploaded_files, url_list
+from gateway.inputs import json_body, optional_collection, optional_label, shown_source, uploaded_files, url_list
 from services import files
 from services.sources import printable
 from services.images import ALLOWED_FORMATS, ImageError, sniff_format
@@ -28,7 +28,7 @@ def checked_id(image_id: str) -> str:
     return image_id
 
 
-def save_uploads(res, uploads: list[tuple[str, bytes]], label: str | None):
+def save_uploads(res, uploads: list[tuple[str, bytes]], label: str | None, collection: str | None = None):
     """Keeps valid uploads in incoming/ for the job; answers per upload."""
     items, answers = [], []
     for n, (name, data) in enumerate(uploads):
@@ -44,7 +44,8 @@ def save_uploads(res, uploads: list[tuple[str, bytes]], label: str | None):
         existing = res.store.get_image(iid)
         status = "duplicate" if existing and existing["status"] == "indexed" else "queued"
         answers.append({"id": iid, "filename": name, "status": status})
-        items.append({"key": f"{n}:{name}", "source": name, "path": str(path), "label": label})
+        items.append({"key": f"{n}:{name}", "source": name, "path": str(path), "label": label,
+                      "collection": collection})
     return items, answers
 
 
@@ -53,10 +54,10 @@ def save_uploads(res, uploads: list[tuple[str, bytes]], label: str | None):
 def add_images():
     res = resources.get()
     body = json_body()
-    label = optional_label(body)
+    label, collection = optional_label(body), optional_collection(body)
     uploads = uploaded_files()
     if uploads:
-        items, answers = save_uploads(res, uploads, label)
+        items, answers = save_uploads(res, uploads, label, collection)
         if not items:
             raise ApiError(415 if any(d for _, d in uploads) else 400, "no_valid_image",
                            "; ".join(f"{a['filename']}: {a['error']}" for a in answers))
@@ -64,7 +65,8 @@ def add_images():
         return {"job_id": job_id, "images": answers}, 202
     if "url" in body or "urls" in body:
         urls = url_list(body, res.settings.max_urls_per_job)
-        job_id = submit_job(res.celery, res.store, {"kind": "urls", "urls": urls, "label": label}, total=len(urls))
+        spec = {"kind": "urls", "urls": urls, "label": label, "collection": collection}
+        job_id = submit_job(res.celery, res.store, spec, total=len(urls))
         return {"job_id": job_id, "images": [{"id": None, "url": u, "status": "queued"} for u in urls]}, 202
     raise ApiError(400, "no_images", "send multipart 'file' parts, or JSON with 'url' or 'urls'")
 
@@ -109,6 +111,7 @@ def delete_image(image_id: str):
     if record is None or record["status"] == "deleted" or not res.store.delete_image(image_id):
         raise ApiError(404, "not_found", f"no image {image_id}")
     files.remove_image_files(res.settings.data_dir, image_id)
-    # Filtered from results at once; the next build drops it from the Annoy file.
-    request_rebuild(res.celery, res.store, res.model_key)
+    res.searcher.remove([image_id])  # Milvus drops it now; Annoy filters it at once
+    if res.searcher.builds:  # and drops it from the file at the next build
+        request_rebuild(res.celery, res.store, res.model_key)
     return "", 204

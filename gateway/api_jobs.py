@@ -8,7 +8,7 @@ from flask import Blueprint, request
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import json_body, optional_label, url_list
+from gateway.inputs import json_body, optional_collection, optional_label, url_list
 from services import files, sources
 from services.jobs import submit_job
 
@@ -26,9 +26,11 @@ def create_job():
         if path.stat().st_size == 0:
             path.unlink()
             raise ApiError(400, "empty_archive", "the archive is empty")
-        spec = {"kind": "archive", "path": str(path), "name": archive.filename or "archive"}
+        spec = {"kind": "archive", "path": str(path), "name": archive.filename or "archive",
+                "collection": optional_collection({})}
         return {"job_id": submit_job(res.celery, res.store, spec)}, 202
     body = json_body()
+    collection = optional_collection(body)
     if "directory" in body:
         directory = body["directory"]
         if not isinstance(directory, str) or not directory:
@@ -37,10 +39,11 @@ def create_job():
             sources.iter_directory(directory, res.settings.allowed_roots)  # checks now, lists later
         except sources.SourceError as exc:
             raise ApiError(403 if exc.code == "not_allowed" else 400, exc.code, exc.message) from None
-        return {"job_id": submit_job(res.celery, res.store, {"kind": "directory", "directory": directory})}, 202
+        spec = {"kind": "directory", "directory": directory, "collection": collection}
+        return {"job_id": submit_job(res.celery, res.store, spec)}, 202
     if "urls" in body or "url" in body:
         urls = url_list(body, res.settings.max_urls_per_job)
-        spec = {"kind": "urls", "urls": urls, "label": optional_label(body)}
+        spec = {"kind": "urls", "urls": urls, "label": optional_label(body), "collection": collection}
         return {"job_id": submit_job(res.celery, res.store, spec, total=len(urls))}, 202
     raise ApiError(400, "no_job", "send JSON with 'directory' or 'urls', or a multipart 'archive'")
 

@@ -6,7 +6,8 @@ from flask import Blueprint, url_for
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import image_error, json_body, parse_k, parse_min_verdict, shown_source, source_error, uploaded_files
+from gateway.inputs import (image_error, json_body, parse_k, parse_min_verdict, search_filter, shown_source,
+                            source_error, uploaded_files)
 from gateway.metrics import SEARCH_MODEL_IMAGES, SEARCH_SECONDS
 from services import search as search_service
 from services.images import ImageError
@@ -32,10 +33,10 @@ def query_of(body: dict) -> dict:
     raise ApiError(400, "no_query", "send a multipart 'file', or JSON with 'url' or 'image_id'")
 
 
-def run_search(res, query: dict, k: int, min_verdict: str | None = None) -> SearchResult:
+def run_search(res, query: dict, k: int, where=None, min_verdict: str | None = None) -> SearchResult:
     """`services.search.search`, its failures turned into API errors."""
     try:
-        return search_service.search(res, k=k, min_verdict=min_verdict, **query)
+        return search_service.search(res, k=k, where=where, min_verdict=min_verdict, **query)
     except ImageError as exc:
         raise image_error(exc) from None
     except SourceError as exc:
@@ -61,9 +62,10 @@ def describe(hit: Hit, settings) -> dict:
 def search():
     body = json_body()
     k = parse_k(body)
+    where = search_filter(body)
     min_verdict = parse_min_verdict(body)
     res = resources.get()
-    result = run_search(res, query_of(body), k, min_verdict)
+    result = run_search(res, query_of(body), k, where, min_verdict)
     SEARCH_SECONDS.labels(result.kind).observe(result.took_ms / 1000)
     if result.model_images:
         SEARCH_MODEL_IMAGES.labels(result.kind).observe(result.model_images)
@@ -76,12 +78,15 @@ def index_state():
     res = resources.get()
     status = res.searcher.status()
     return {"count": status["count"], "version": status["version"], "built_at": status["built_at"],
-            "pending": res.store.pending_count(res.model_key), "model": res.model_key, "error": status["error"]}
+            "pending": status["pending"], "model": res.model_key, "backend": status["backend"],
+            "error": status["error"]}
 
 
 @bp.post("/index/rebuild")
 @require_token
 def rebuild():
     res = resources.get()
+    if not res.searcher.builds:  # Milvus indexes as it goes: there is nothing to build
+        return {"requested": False, "started": False, "backend": res.searcher.name}, 200
     started = request_rebuild(res.celery, res.store, res.model_key)
     return {"requested": True, "started": started}, 202

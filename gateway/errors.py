@@ -7,6 +7,8 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from services.index import IndexUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +42,12 @@ def init_app(app: Flask) -> None:
     def store_unavailable(exc: redis.RedisError):
         log.warning("Redis unavailable: %s", exc)
         return error_response(503, "store_unavailable", "the database is not available, try again shortly",
+                              {"Retry-After": "5"})
+
+    @app.errorhandler(IndexUnavailable)
+    def index_unavailable(exc: IndexUnavailable):
+        log.warning("index unavailable: %s", exc)
+        return error_response(503, "index_unavailable", "the vector index is not available, try again shortly",
                               {"Retry-After": "5"})
 
     @app.errorhandler(Exception)

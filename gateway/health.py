@@ -31,8 +31,11 @@ def readyz():
         checks["model_server"] = f"unavailable: {exc}"
     try:
         error = res.searcher.status()["error"]
-        checks["index"] = "ok" if error is None else f"serving the previous version: {error}"
+        checks["index"] = "ok" if error is None else (
+            f"serving the previous version: {error}" if res.searcher.builds else f"unavailable: {error}")
     except Exception as exc:
         checks["index"] = f"unavailable: {exc}"
-    ready = checks["redis"] == "ok" and checks["model_server"] == "ok"
+    # An Annoy searcher that cannot load a new file keeps serving the old one; Milvus down is down.
+    index_ok = checks["index"] == "ok" or checks["index"].startswith("serving")
+    ready = checks["redis"] == "ok" and checks["model_server"] == "ok" and index_ok
     return {"ready": ready, "checks": checks}, 200 if ready else 503

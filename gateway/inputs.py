@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from flask import g, request
 
 from gateway.errors import ApiError
+from services.index.filters import Filter, check_collection
 from services.images import ImageError
 from services.sources import SourceError
 from services.store import check_label
@@ -116,6 +117,25 @@ def url_list(body: dict, limit: int) -> list[str]:
     if len(urls) > limit:
         raise ApiError(400, "too_many_urls", f"{len(urls)} URLs; at most {limit} per request")
     return urls
+
+
+def optional_collection(body: dict) -> str | None:
+    """The collection images are added to (none: no collection)."""
+    try:
+        return check_collection(body.get("collection", request.form.get("collection")))
+    except ValueError as exc:
+        raise ApiError(400, "bad_collection", str(exc)) from None
+
+
+def search_filter(body: dict) -> Filter | None:
+    """`collection` and `filter` of a search (a form field `filter` holds JSON)."""
+    where = body.get("filter", request.form.get("filter"))
+    try:
+        if isinstance(where, str):
+            where = json.loads(where)
+        return Filter.parse(body.get("collection", request.form.get("collection")), where)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise ApiError(400, "bad_filter", str(exc)) from None
 
 
 def optional_label(body: dict) -> str | None:

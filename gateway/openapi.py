@@ -29,12 +29,21 @@ def _op(summary: str, responses: dict, *, body: dict | None = None, params: list
     return op
 
 
+_COLLECTION = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$",
+               "description": "a collection the images belong to (search can keep to some)"}
+_NAMES = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                                                               "maxItems": 100}]}
+_TIME = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+         "description": "epoch seconds or ISO 8601"}
+_FILTER = {"type": "object", "additionalProperties": False, "properties": {
+    "label": _NAMES, "collection": _NAMES, "created_after": _TIME, "created_before": _TIME}}
 _MULTIPART_FILES = {"type": "object", "properties": {
     "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-    "label": {"type": "string", "maxLength": 200}}, "required": ["file"]}
+    "label": {"type": "string", "maxLength": 200}, "collection": _COLLECTION}, "required": ["file"]}
 _SEARCH_JSON = {"type": "object", "properties": {
     "url": {"type": "string"}, "image_id": {"type": "string"},
     "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+    "collection": _COLLECTION, "filter": _FILTER,
     "min_verdict": {"type": "string", "enum": ["exact", "copy", "similar"],
                     "description": "only results whose verdict is at least this"}}}
 _VERDICT = {"type": "string", "enum": ["exact", "copy", "similar", "none"],
@@ -42,7 +51,7 @@ _VERDICT = {"type": "string", "enum": ["exact", "copy", "similar", "none"],
                            "mirror, overlay, colour...); similar: similar content; none"}
 _URLS = {"type": "object", "properties": {
     "url": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-    "label": {"type": "string", "maxLength": 200}}}
+    "label": {"type": "string", "maxLength": 200}, "collection": _COLLECTION}}
 
 SPEC = {
     "openapi": "3.0.3",
@@ -95,9 +104,11 @@ SPEC = {
         "/api/v1/jobs": {
             "post": _op("Bulk indexing job", {"202": _json(_ref("Accepted"))}, auth=True, body={
                 "application/json": {"schema": {"type": "object", "properties": {
-                    "directory": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}}}}},
+                    "directory": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}},
+                    "collection": _COLLECTION}}},
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "archive": {"type": "string", "format": "binary"}}, "required": ["archive"]}}}),
+                    "archive": {"type": "string", "format": "binary"}, "collection": _COLLECTION},
+                    "required": ["archive"]}}}),
             "get": _op("Recent jobs", {"200": _json({"type": "object"})},
                        params=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}])},
         "/api/v1/jobs/{job_id}": {"get": _op("Job progress", {"200": _json(_ref("Job"))},
@@ -105,14 +116,16 @@ SPEC = {
                                                       "schema": {"type": "string"}}])},
         "/api/v1/search": {"post": _op("Search by upload, URL or image id", {"200": _json(_ref("SearchResults"))}, body={
             "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "string", "format": "binary"}, "k": {"type": "integer", "minimum": 1,
-                                                                       "maximum": 100},
-                "min_verdict": {"type": "string", "enum": ["exact", "copy", "similar"]}}, "required": ["file"]}},
+                "file": {"type": "string", "format": "binary"}, "k": {"type": "integer", "minimum": 1, "maximum": 100},
+                "collection": _COLLECTION, "filter": {"type": "string", "description": "the filter object as JSON"},
+                "min_verdict": {"type": "string", "enum": ["exact", "copy", "similar"]}},
+                "required": ["file"]}},
             "application/json": {"schema": _SEARCH_JSON}})},
         "/api/v1/index": {"get": _op("Index state", {"200": _json({"type": "object", "properties": {
             "count": {"type": "integer"}, "version": {"type": "integer"}, "built_at": {"type": "number", "nullable": True},
-            "pending": {"type": "integer"}}})})},
-        "/api/v1/index/rebuild": {"post": _op("Request an index build", {"202": _json({"type": "object"})}, auth=True)},
+            "pending": {"type": "integer"}, "backend": {"type": "string", "enum": ["annoy", "milvus"]}}})})},
+        "/api/v1/index/rebuild": {"post": _op("Request an index build (Annoy; Milvus has none: 200)", {
+            "202": _json({"type": "object"}), "200": _json({"type": "object"})}, auth=True)},
         "/api/v1/healthz": {"get": _op("Liveness", {"200": _json({"type": "object"})})},
         "/api/v1/readyz": {"get": _op("Readiness", {"200": _json({"type": "object"}), "503": _json({"type": "object"})})},
         "/api/v1/openapi.json": {"get": _op("This description", {"200": _json({"type": "object"})})},

@@ -58,6 +58,10 @@ class Settings:
     # recall against query time, measured in docs/benchmarks.md.
     index_trees: int = 32
     search_k_factor: int = 4
+    # Where vectors are indexed: "annoy" (files on this host, built by the index builder) or
+    # "milvus" (a Milvus server at milvus_uri: inserts and deletes at once, no builds).
+    index_backend: str = "annoy"
+    milvus_uri: str = "http://127.0.0.1:19530"
     # The index builder's lock expires this long after its holder stopped refreshing it (it died):
     # only then can another builder take over.
     index_lock_ttl_s: float = 60.0
@@ -89,6 +93,8 @@ class Settings:
         return replace(cls(**values), **overrides)
 
     def __post_init__(self):
+        if self.index_backend not in ("annoy", "milvus"):
+            raise ValueError(f"{PREFIX}INDEX_BACKEND must be annoy or milvus, not {self.index_backend!r}")
         if self.model_precision not in (AUTO, *PRECISIONS):
             raise ValueError(f"{PREFIX}MODEL_PRECISION={self.model_precision!r}: use {AUTO}, {' or '.join(PRECISIONS)}")
         # Absolute paths: the gateway serves files and children inherit these (cwd-independent).

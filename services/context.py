@@ -1,5 +1,5 @@
 """The per-process resources of every role (gateway, worker, `vsearch search --local`): Redis store,
-model client, index searcher, and the Celery app that sends tasks.
+model client, index (either backend), and the Celery app that sends tasks.
 
 Made lazily on first use in the process that uses them (gRPC channels must not cross a fork), and
 dropped by `reset()`, which Celery calls in each new pool process.
@@ -13,7 +13,7 @@ from celery import Celery
 
 from services.broker import make_celery
 from services.config import Settings
-from services.index import Searcher
+from services.index import IndexBackend, open_index
 from services.precision import check_same
 from services.store import Store
 from services.tfs_client import ModelClient, choose_served_name
@@ -61,8 +61,9 @@ class Context:
         return make_celery(self.settings)
 
     @cached_property
-    def searcher(self) -> Searcher:
-        return Searcher(self.store, self.model_key, self.settings.index_dir, self.settings.search_k_factor)
+    def searcher(self) -> IndexBackend:
+        """The index of `model_key` in the configured backend (Annoy files or Milvus)."""
+        return open_index(self.settings, self.store, self.model_key)
 
 
 _context: Context | None = None

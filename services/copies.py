@@ -101,18 +101,18 @@ def _verify(query: Query, rows: list[int], ids, load_features) -> dict[int, veri
 
 
 def search(searcher, store, model_key: str, query: Query, k: int, thresholds: verdicts.Thresholds,
-           min_verdict: str | None = None) -> list[Hit]:
+           min_verdict: str | None = None, where=None) -> list[Hit]:
     """The service's query path: shortlist from the live index (Annoy plus fresh items, deletions
     filtered), vectors and layouts from the store, keypoints of the few verified; results below
-    `min_verdict` left out."""
-    candidates = searcher.shortlist(query.embeddings, max(k, SHORTLIST), effort_k=k)
+    `min_verdict` left out; `where`: a `services.index.filters.Filter` (None: every image)."""
+    candidates = searcher.shortlist(query.embeddings, max(k, SHORTLIST), effort_k=k, where=where)
     ids, emb, layouts = store.get_vectors_and_layouts(model_key, [i for i, _ in candidates], _LAYOUT_SHAPE)
     hits = rank(query, ids, emb, layouts, store.get_features, thresholds, max(k, SHORTLIST) if min_verdict else k)
     return [h for h in hits if verdicts.at_least(h.verdict, min_verdict)][:k]
 
 
 def search_by_id(searcher, store, model_key: str, image_id: str, k: int, thresholds: verdicts.Thresholds,
-                 min_verdict: str | None = None) -> list[Hit]:
+                 min_verdict: str | None = None, where=None) -> list[Hit]:
     """The same for an indexed image as the query, from what is stored for it (its vector, its
     full-frame layout and that layout mirrored, its keypoints). KeyError if it has no vector."""
     ids, vectors, layouts = store.get_vectors_and_layouts(model_key, [image_id], _LAYOUT_SHAPE)
@@ -122,7 +122,7 @@ def search_by_id(searcher, store, model_key: str, image_id: str, k: int, thresho
     mirrored = full.reshape(copy_detection.LAYOUT_SIDE, -1)[:, ::-1].ravel()
     query = Query(np.repeat(vectors[:1], 2, axis=0), np.stack([full, mirrored]), None,
                   {False: verify.unpack(store.get_features([image_id])[0])})
-    return search(searcher, store, model_key, query, k, thresholds, min_verdict)
+    return search(searcher, store, model_key, query, k, thresholds, min_verdict, where)
 
 
 def top_verdict(hits: list[Hit]) -> str:

@@ -139,11 +139,11 @@ def rerank_with_layouts(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, thre
 
 
 def search_copies(searcher, store, model_key: str, q_emb: np.ndarray, q_layouts: np.ndarray, k: int,
-                  shortlist: int = SHORTLIST) -> list[tuple[str, float, float]]:
+                  shortlist: int = SHORTLIST, where=None) -> list[tuple[str, float, float]]:
     """The service's query path: [(image id, cosine of the view that ranked it, ranking score)], best
     first. Step 1 is the index (Annoy plus fresh items, deletions filtered), step 2 `rerank_scores`
-    over the shortlist's stored vectors and layouts."""
-    candidates = searcher.shortlist(q_emb, max(k, shortlist), effort_k=k)
+    over the shortlist's stored vectors and layouts. `where`: a `services.index.filters.Filter`."""
+    candidates = searcher.shortlist(q_emb, max(k, shortlist), effort_k=k, where=where)
     ids, emb, layouts = store.get_vectors_and_layouts(model_key, [i for i, _ in candidates],
                                                       (len(LAYOUT_VIEWS), LAYOUT_SIDE * LAYOUT_SIDE))
     if not ids:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from services import copies, images, verdicts
+from services.index.filters import Filter
 from services.sources import fetch_with_settings
 
 
@@ -46,9 +47,9 @@ class SearchResult:
 
 
 def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: str | None = None,
-           k: int = 10, min_verdict: str | None = None) -> SearchResult:
-    """The k best matches, best first, for exactly one of `data`, `url`, `image_id`; with
-    `min_verdict`, only those whose verdict reaches it."""
+           k: int = 10, where: Filter | None = None, min_verdict: str | None = None) -> SearchResult:
+    """The k best matches, best first, for exactly one of `data`, `url`, `image_id`, among the
+    images `where` keeps (None: all); with `min_verdict`, only those whose verdict reaches it."""
     if sum(x is not None for x in (data, url, image_id)) != 1:
         raise ValueError("give exactly one of data, url, image_id")
     started = time.perf_counter()
@@ -57,7 +58,8 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
     if image_id is not None:
         kind = "image_id"
         try:
-            ranked = copies.search_by_id(ctx.searcher, ctx.store, ctx.model_key, image_id, k, thresholds, min_verdict)
+            ranked = copies.search_by_id(ctx.searcher, ctx.store, ctx.model_key, image_id, k, thresholds,
+                                         min_verdict, where)
         except KeyError:
             raise NotIndexed(f"no indexed image {image_id!r}") from None
     else:
@@ -66,7 +68,7 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
             data = fetch_with_settings(url, ctx.settings)
         query = embed_views(ctx, data)
         model_images = query.model_images
-        ranked = copies.search(ctx.searcher, ctx.store, ctx.model_key, query, k, thresholds, min_verdict)
+        ranked = copies.search(ctx.searcher, ctx.store, ctx.model_key, query, k, thresholds, min_verdict, where)
     records = ctx.store.get_images([h.image_id for h in ranked])
     hits = [Hit(h.image_id, h.cosine, h.score, record, h.verdict) for h, record in zip(ranked, records)]
     return SearchResult(hits, kind, round((time.perf_counter() - started) * 1000, 2), ctx.searcher.version,

@@ -133,6 +133,16 @@ def model_server(model_base) -> str:
     stop_process(proc)
 
 
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory) -> str:
+    """A Milvus API server (Milvus Lite's engine) for the session; deployments keep apart by their
+    Redis prefix, which names their Milvus collections."""
+    from tests.workers import start_milvus_lite
+    proc, uri = start_milvus_lite(tmp_path_factory.mktemp("milvus"))
+    yield uri
+    stop_process(proc)
+
+
 @dataclass
 class Deployment:
     """A gateway app (Flask test client) and a real worker process on a Redis namespace of their own."""

@@ -33,6 +33,16 @@ def test_model_server_override_is_valid_against_the_compose_specification():
     assert schema_errors(yaml.safe_load(MODEL_SERVER_OVERRIDE.read_text())) == []
 
 
+def test_milvus_override_is_valid_and_points_every_app_service_at_milvus():
+    override = yaml.safe_load((ROOT / "deploy" / "compose.milvus.yml").read_text())
+    assert schema_errors(override) == []
+    for name in APP_SERVICES:
+        env = override["services"][name]["environment"]
+        settings = Settings.from_env(env)
+        assert (settings.index_backend, urlsplit(settings.milvus_uri).hostname) == ("milvus", "milvus")
+        assert urlsplit(settings.milvus_uri).hostname in override["services"]
+
+
 def test_scale_profile_brokers_on_rabbitmq_and_keeps_records_on_a_durable_redis_cluster():
     scale = yaml.safe_load(SCALE_OVERRIDE.read_text())
     assert schema_errors(scale) == []

@@ -52,8 +52,8 @@ def test_build_publishes_versions_and_removes_old_files(store, tmp_path):
     os.utime(stale, (time.time() - 2 * 3600,) * 2)
     assert build(store, tmp_path)["version"] == 2
     assert build(store, tmp_path)["version"] == 3
-    assert index_files(tmp_path) == [recent.name, "effnet_lite0-1.00000002.ann", "effnet_lite0-1.00000002.ids",
-                                     "effnet_lite0-1.00000003.ann", "effnet_lite0-1.00000003.ids"]
+    assert index_files(tmp_path) == [recent.name, *(f"effnet_lite0-1.0000000{v}.{kind}" for v in (2, 3)
+                                                    for kind in ("ann", "attrs", "ids"))]
 
 
 def test_empty_store_gives_a_valid_empty_index(store, tmp_path):

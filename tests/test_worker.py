@@ -16,7 +16,7 @@ from services.index import Searcher
 from services.store import Store, image_id
 from services.tfs_client import ModelClient
 from tests.conftest import free_port, imagenet_label
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job, wait_until
+from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
 from services.broker import INGEST_QUEUE, is_amqp
 from worker.celery_app import make_celery
 from worker.ingest import Item
@@ -145,7 +145,10 @@ def test_killing_a_worker_mid_job_loses_nothing_and_indexes_once(env, photos, tm
     # the victim died holding messages it had not acknowledged: the broker still has them
     unfinished = len(store.unfinished_chunks(job_id))
     assert unfinished > 0
-    wait_until(lambda: messages_kept(settings, store, app) >= unfinished, 10, "the victim's messages back")
+    deadline = time.monotonic() + 30
+    while (kept := messages_kept(settings, store, app)) < unfinished:
+        assert time.monotonic() < deadline, f"the broker kept {kept} messages for {unfinished} unfinished chunks"
+        time.sleep(0.1)
     workers.append(WorkerProcess(settings, tmp_path, concurrency=2, name="survivor"))
     workers[0].wait_ready()
 

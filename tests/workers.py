@@ -174,3 +174,23 @@ def wait_for_index(store, model_key: str, count: int, timeout_s: float = 60) -> 
             return info
         time.sleep(0.2)
     raise TimeoutError(f"index of {model_key} never reached {count}: {store.get_index_info(model_key)}")
+
+
+def start_milvus_lite(data_dir: Path, timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """`milvus-lite server` (Milvus's API, embedded engine) on a free loopback port, shared by every
+    process of a test deployment as a Milvus server would be: (the process, its URI)."""
+    import socket
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(proc)
+                raise RuntimeError(f"milvus-lite server did not start (exit code {proc.returncode})")
+            time.sleep(0.2)

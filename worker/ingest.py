@@ -27,6 +27,7 @@ import redis
 
 from services import copy_detection, files, images, verdicts, verify
 from services.context import Context
+from services.index.filters import check_collection
 from services.sources import MIB, SourceError, fetch_with_settings, read_file
 from services.store import check_label, image_id
 from services.store.connection import UNAVAILABLE as STORE_UNAVAILABLE
@@ -44,6 +45,7 @@ class Item:
     path: str | None = None   # a local file (directory job, extracted archive, saved upload)
     url: str | None = None
     label: str | None = None
+    collection: str | None = None  # services.index.filters.check_collection
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -74,7 +76,7 @@ def _decode(ctx: Context, item: Item, size: int) -> _Decoded | dict:
         # keypoints for geometric verification, from the whole frame (the model input is a centre square)
         keypoints = verify.pack(verify.features(images.to_rgb(images.decode(data, ctx.settings.max_image_pixels,
                                                                              draft_for=size))))
-        meta = {"source": item.source, "label": check_label(item.label)}
+        meta = {"source": item.source, "label": check_label(item.label), "collection": check_collection(item.collection)}
         iid = image_id(data)
         files.write_atomic(files.original_path(ctx.settings.data_dir, iid), data)
         width, height = info["original_size"]
@@ -213,7 +215,11 @@ def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray, l
 def _store_vectors(ctx: Context, job_id: str, ready: list[_Decoded], vectors: np.ndarray, layouts: np.ndarray,
                    model_key: str, updates: list[dict]) -> int:
     matches = _near_duplicates(ctx, ready, vectors, layouts, model_key)
-    ctx.store.put_vectors(model_key, [d.image_id for d in ready], vectors)
+    ids = [d.image_id for d in ready]
+    added = ctx.store.put_vectors(model_key, ids, vectors)
+    new = [i for i, a in enumerate(added) if a]
+    if new:  # Milvus indexes here (Annoy reads the store's log)
+        ctx.searcher.add([ids[i] for i in new], vectors[new], ctx.store.get_images([ids[i] for i in new]))
     found = []
     for d, match in zip(ready, matches):
         if match:

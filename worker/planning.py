@@ -57,7 +57,7 @@ def list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str
     if kind == "urls":
         # Credentials and query strings in a URL are used to fetch it, never shown.
         shown = [printable(sources.redact_url(url)) for url in spec["urls"]]
-        return [Item(key=name, source=name, url=url, label=spec.get("label"))
+        return [Item(key=name, source=name, url=url, label=spec.get("label"), collection=spec.get("collection"))
                 for name, url in zip(shown, spec["urls"])], []
     if kind == "directory":
         items, skipped = [], []
@@ -66,14 +66,16 @@ def list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str
             if f.skip:
                 skipped.append((name, f.skip))
             else:
-                items.append(Item(key=name, source=name, path=str(f.path), label=f.label and printable(f.label)))
+                items.append(Item(key=name, source=name, path=str(f.path), label=f.label and printable(f.label),
+                                  collection=spec.get("collection")))
         return items, skipped
     if kind == "archive":
-        return extract(ctx, job_id, Path(spec["path"]), printable(spec.get("name") or Path(spec["path"]).name))
+        return extract(ctx, job_id, Path(spec["path"]), printable(spec.get("name") or Path(spec["path"]).name),
+                       spec.get("collection"))
     raise ValueError(f"unknown job kind {kind!r}")
 
 
-def extract(ctx, job_id: str, archive: Path, name: str):
+def extract(ctx, job_id: str, archive: Path, name: str, collection: str | None = None):
     s = ctx.settings
     dest = ctx.settings.data_dir / "incoming" / f"job-{job_id}"
     if dest.exists():  # a redelivered start: extract again from scratch
@@ -87,7 +89,7 @@ def extract(ctx, job_id: str, archive: Path, name: str):
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label)
-             for m in result.items]
+    items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label,
+                  collection=collection) for m in result.items]
     skipped = [(f"{name}:{member}", error) for member, error in result.skipped]
     return items, skipped

@@ -26,7 +26,7 @@ from celery.utils.log import get_task_logger
 from services import context, sources
 from services.precision import PrecisionMismatch
 from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
-from services.index import run_coalesced_build
+from services.index import IndexUnavailable, run_coalesced_build
 from services.store.connection import UNAVAILABLE as STORE_UNAVAILABLE
 from services.jobs import request_rebuild
 from services.tfs_client import ModelServerUnavailable
@@ -34,7 +34,7 @@ from worker.ingest import Item, failed, ingest_chunk, remove_incoming
 from worker.planning import plan_job, rebuild_due
 
 logger = get_task_logger(__name__)
-TRANSIENT = (ModelServerUnavailable,)
+TRANSIENT = (ModelServerUnavailable, IndexUnavailable)
 REDIS_DOWN = (*STORE_UNAVAILABLE, kombu.exceptions.OperationalError, ConnectionError)
 REDIS_BACKOFF_S = 2.0
 
@@ -67,7 +67,7 @@ def ingest(self, job_id: str, items: list[dict]) -> dict:
     chunk = [Item(**i) for i in items]
     try:
         result = ingest_chunk(ctx, job_id, chunk)
-    except ModelServerUnavailable as exc:
+    except TRANSIENT as exc:
         if self.request.retries < self.max_retries:
             raise  # retried with backoff
         # Out of retries: report the items, or the job would wait for them forever.
@@ -93,6 +93,8 @@ def _fail_items(ctx, job_id: str, items: list[Item], error: str) -> dict:
 def _maybe_rebuild(ctx, job_id: str) -> None:
     job = ctx.store.get_job(job_id)
     finished = job is not None and job["state"] in ("done", "failed")
+    if not ctx.searcher.builds:
+        return
     if finished or rebuild_due(ctx.store, ctx.model_key):
         request_rebuild(current_app, ctx.store, ctx.model_key)
 

@@ -7,6 +7,11 @@ renames them to a name never used before and then publishes the version in Redis
 searcher has mmapped is never rewritten (that would SIGBUS the reader). The current and the
 previous version are kept, older ones removed.
 
+Every file also has `<name>.<version>.attrs` (numpy npz): each item's label, collection and created
+time, for filtered search (`filters`).
+
+`backend` chooses between this and Milvus (`milvus`): both offer the calls listed there.
+
 A `Searcher` answers from the newest loaded file merged with an exact search over the items
 written since that file was built ("fresh"), minus the ids deleted since then.
 """
@@ -16,3 +21,6 @@ from services.index.builder import (  # noqa: F401
 from services.index.searcher import (  # noqa: F401
     SEARCH_K_FACTOR, LoadedIndex, Searcher, find_near_duplicate, load_index, near_duplicate,
 )
+from services.index.backend import BACKENDS, IndexBackend, open_index  # noqa: F401
+from services.index.errors import IndexUnavailable  # noqa: F401
+from services.index.filters import Filter  # noqa: F401

@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 from annoy import AnnoyIndex
 
+from services.index.filters import Attributes
 from services.store import Store
 
 logger = logging.getLogger(__name__)
@@ -61,32 +62,37 @@ def build_index(store: Store, model_key: str, index_dir, n_trees: int = N_TREES,
     # searchers keep treating it as fresh even if this scan happens to include it too.
     max_seq = store.current_seq()
     version = store.reserve_index_version(model_key)
-    ann, ids = None, []
+    ann, ids, records = None, [], []
     for chunk_ids, matrix in store.iter_vectors(model_key):
         deleted = store.deleted_among(chunk_ids)  # by construction none; cheap insurance
         if ann is None:
             ann = AnnoyIndex(matrix.shape[1], "angular")
+        kept = []
         for iid, row, gone in zip(chunk_ids, matrix, deleted):
             if not gone:
                 ann.add_item(len(ids), row.tolist())  # a list converts ~2x faster than an array row
                 ids.append(iid)
+                kept.append(iid)
+        records.extend(store.get_images(kept))  # what filtered searches select on
     dim = ann.f if ann is not None else (previous or {}).get("dim") or 1
     ann = ann if ann is not None else AnnoyIndex(dim, "angular")
     ann.build(n_trees, n_jobs=n_jobs)
 
     base = f"{index_basename(model_key)}.{version:08d}"
     tag = f".tmp-{uuid.uuid4().hex[:8]}"
-    tmp_ann, tmp_ids = index_dir / f".{base}.ann{tag}", index_dir / f".{base}.ids{tag}"
+    tmp_ann, tmp_ids, tmp_attrs = (index_dir / f".{base}.{kind}{tag}" for kind in ("ann", "ids", "attrs"))
     try:
         ann.save(str(tmp_ann))
         ann.unload()
         tmp_ids.write_text("".join(i + "\n" for i in ids))
-        for tmp in (tmp_ann, tmp_ids):
+        Attributes.of(records).save(tmp_attrs)
+        for tmp in (tmp_ann, tmp_ids, tmp_attrs):
             _fsync(tmp)
+        os.replace(tmp_attrs, index_dir / f"{base}.attrs")
         os.replace(tmp_ids, index_dir / f"{base}.ids")
         os.replace(tmp_ann, index_dir / f"{base}.ann")
     finally:
-        for tmp in (tmp_ann, tmp_ids):
+        for tmp in (tmp_ann, tmp_ids, tmp_attrs):
             tmp.unlink(missing_ok=True)
     info = {"version": version, "path": f"{base}.ann", "count": len(ids), "dim": dim,
             "size": (index_dir / f"{base}.ann").stat().st_size, "built_at": time.time(),
@@ -103,8 +109,8 @@ def build_index(store: Store, model_key: str, index_dir, n_trees: int = N_TREES,
 
 def _remove_versions(index_dir: Path, model_key: str, doomed) -> None:
     name = re.escape(index_basename(model_key))
-    published = re.compile(rf"{name}\.(\d+)\.(ann|ids)")
-    temporary = re.compile(rf"\.{name}\.\d+\.(ann|ids)\.tmp-\w+")
+    published = re.compile(rf"{name}\.(\d+)\.(ann|ids|attrs)")
+    temporary = re.compile(rf"\.{name}\.\d+\.(ann|ids|attrs)\.tmp-\w+")
     for path in index_dir.iterdir():
         m = published.fullmatch(path.name)
         # Only a crashed build leaves a temp file behind for long.

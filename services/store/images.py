@@ -6,7 +6,7 @@ from typing import Iterable, Iterator
 
 from services.store.common import _decode, _pairs
 
-IMAGE_FIELDS = ("source", "label", "width", "height", "format", "size_bytes", "created_at",
+IMAGE_FIELDS = ("source", "label", "collection", "width", "height", "format", "size_bytes", "created_at",
                 "status", "model", "near_duplicate_of", "error")
 STATUSES = ("pending", "indexed", "failed", "deleted")
 _TYPES = {"width": int, "height": int, "size_bytes": int, "created_at": float}
