@@ -53,8 +53,8 @@ def test_backup_then_restore_into_an_empty_deployment_gives_the_same_results(mod
         variants(photos[:8], more)
         running = submit_job(app, store, {"kind": "directory", "directory": str(more)})
         wait_until(lambda: 0 < (store.get_job(running) or {}).get("done", 0), 60, "the job under way")
+        mid_job = store.get_job(running)  # read before the backup starts: what it holds at least
         vsearch(source, "backup", str(tmp_path / "mid-job.bak"))
-        mid_job = store.get_job(running)
         wait_for_job(store, running, workers=[worker])
         wait_for_index(store, MODEL_KEY, 44)
         vsearch(source, "backup", str(tmp_path / "at-rest.bak"))
