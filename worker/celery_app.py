@@ -16,7 +16,7 @@ INDEX_QUEUE = "index"
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("vsearch", include=["worker.tasks", "worker.watchdog"])
+    app = Celery("vsearch", include=["worker.tasks", "worker.duplicate_tasks", "worker.watchdog"])
     app.conf.update(
         broker_url=settings.redis_url,
         result_backend=settings.redis_url,

@@ -22,6 +22,14 @@ def submit_job(app: Celery, store: Store, spec: dict, total: int | None = None) 
     return job_id
 
 
+def submit_duplicate_scan(app: Celery, store: Store, full: bool = False) -> str:
+    """Records a queued duplicate scan (all images, or only those added since the last scan)."""
+    job_id = uuid.uuid4().hex
+    store.create_job(job_id, None, "duplicates", scope="full" if full else "new")
+    app.send_task("worker.tasks.scan_duplicates", args=[job_id, full])
+    return job_id
+
+
 def request_rebuild(app: Celery, store: Store, model_key: str) -> bool:
     """Asks for an index build; False when one is running (it will fold this request in)."""
     if request_build(store, model_key):

@@ -1,0 +1,190 @@
+"""Redis storage of the duplicate report: judged pairs, groups, decisions, what was scanned.
+
+Key layout, under the same prefix `p` as services/store.py (its Store owns the client):
+
+    p:dups:pairs:<model_key>     hash    "<id> <id>" (ids sorted) -> "<verdict> <score> <contains>"
+    p:dups:scanned:<model_key>   string  the seq (Store's clock) the last finished scan covered
+    p:dups:group:<group_id>      hash    group_id, tier, status, members (JSON [{"id","score","edited"}]),
+                                         keep (JSON [ids]), rule, deleted (JSON [ids]), updated_at,
+                                         resolved_at
+    p:dups:list:<status>:<tier>  zset    group ids, all scored 0: ordered by id (the listing's cursor)
+    p:dups:of                    hash    image id -> its group's id
+    p:dups:grouping:<job_id>     string  taken by the one task that groups a finished scan
+
+Decisions are kept by the scripts, atomically against concurrent requests: a rescan writes open
+groups only, and never overwrites a resolved group unless the new version has a member the
+resolved one did not have (then it is open again, under the same id).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from services.store import Store
+
+STATUSES = ("open", "resolved")
+TIERS = ("exact", "copy")
+GROUPING_CLAIM_TTL_S = 7 * 86400
+
+_LISTS = """
+local function lists(prefix)
+  local out = {}
+  for _, s in ipairs({'open', 'resolved'}) do
+    for _, t in ipairs({'exact', 'copy'}) do table.insert(out, prefix .. 'dups:list:' .. s .. ':' .. t) end
+  end
+  return out
+end
+local function unlist(prefix, gid)
+  for _, key in ipairs(lists(prefix)) do redis.call('ZREM', key, gid) end
+end
+local function forget_members(group, of, gid)
+  local raw = redis.call('HGET', group, 'members')
+  if not raw then return end
+  for _, m in ipairs(cjson.decode(raw)) do
+    if redis.call('HGET', of, m.id) == gid then redis.call('HDEL', of, m.id) end
+  end
+end
+"""
+# KEYS: group, member map. ARGV: prefix, group id, tier, members JSON, keep JSON, now.
+# 0 (nothing written) for a resolved group that the new members do not extend.
+_PUT_GROUP = _LISTS + """
+local gid = ARGV[2]
+local members = cjson.decode(ARGV[4])
+if redis.call('HGET', KEYS[1], 'status') == 'resolved' then
+  local old = {}
+  for _, m in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'members'))) do old[m.id] = true end
+  local joined = false
+  for _, m in ipairs(members) do if not old[m.id] then joined = true end end
+  if not joined then return 0 end
+end
+unlist(ARGV[1], gid)
+forget_members(KEYS[1], KEYS[2], gid)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'group_id', gid, 'tier', ARGV[3], 'status', 'open', 'members', ARGV[4],
+           'keep', ARGV[5], 'updated_at', ARGV[6])
+redis.call('ZADD', ARGV[1] .. 'dups:list:open:' .. ARGV[3], 0, gid)
+for _, m in ipairs(members) do redis.call('HSET', KEYS[2], m.id, gid) end
+return 1
+"""
+# KEYS: group, member map. ARGV: prefix, group id. Only an open group goes.
+_DROP_OPEN_GROUP = _LISTS + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
+unlist(ARGV[1], ARGV[2])
+forget_members(KEYS[1], KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+# KEYS: group. ARGV: prefix, group id, keep JSON, deleted JSON, rule, now. -1: no such group.
+_RESOLVE = _LISTS + """
+local tier = redis.call('HGET', KEYS[1], 'tier')
+if not tier then return -1 end
+unlist(ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'resolved', 'keep', ARGV[3], 'deleted', ARGV[4], 'rule', ARGV[5],
+           'resolved_at', ARGV[6], 'updated_at', ARGV[6])
+redis.call('ZADD', ARGV[1] .. 'dups:list:resolved:' .. tier, 0, ARGV[2])
+return 1
+"""
+
+
+def _group(raw: dict) -> dict:
+    g = {k.decode(): v.decode() for k, v in raw.items()}
+    out = {"group_id": g["group_id"], "tier": g["tier"], "status": g["status"],
+           "members": json.loads(g["members"]), "keep": json.loads(g["keep"]),
+           "deleted": json.loads(g.get("deleted", "[]")), "rule": g.get("rule"),
+           "updated_at": float(g["updated_at"])}
+    return out | {"resolved_at": float(g["resolved_at"]) if "resolved_at" in g else None}
+
+
+class DuplicateStore:
+    def __init__(self, store: Store):
+        self.redis, self.key = store.redis, store.key
+        self.prefix = store.prefix
+        script = self.redis.register_script
+        self._put_group, self._drop_open_group = script(_PUT_GROUP), script(_DROP_OPEN_GROUP)
+        self._resolve = script(_RESOLVE)
+
+    def _list_key(self, status: str, tier: str) -> str:
+        return self.key("dups", "list", status, tier)
+
+    # -- pairs and the scan's clock ---------------------------------------------------------
+    def add_pairs(self, model_key: str, pairs: list[tuple[str, str, str, float, int]]) -> None:
+        """(a, b, verdict, score, contains) with a < b; a pair judged again is overwritten."""
+        if pairs:
+            self.redis.hset(self.key("dups", "pairs", model_key), mapping={
+                f"{a} {b}": f"{verdict} {score:.6f} {contains}" for a, b, verdict, score, contains in pairs})
+
+    def pairs(self, model_key: str) -> list[tuple[str, str, str, float, int]]:
+        out = []
+        for field, value in self.redis.hscan_iter(self.key("dups", "pairs", model_key), count=5000):
+            (a, b), (verdict, score, contains) = field.decode().split(), value.decode().split()
+            out.append((a, b, verdict, float(score), int(contains)))
+        return sorted(set(out))  # HSCAN may repeat a field while the hash is resized
+
+    def drop_pairs(self, model_key: str, pairs: list[tuple[str, str]]) -> None:
+        for start in range(0, len(pairs), 5000):
+            self.redis.hdel(self.key("dups", "pairs", model_key), *(f"{a} {b}" for a, b in pairs[start:start + 5000]))
+
+    def scanned_seq(self, model_key: str) -> int:
+        return int(self.redis.get(self.key("dups", "scanned", model_key)) or 0)
+
+    def set_scanned_seq(self, model_key: str, seq: int) -> None:
+        self.redis.set(self.key("dups", "scanned", model_key), seq)
+
+    def claim_grouping(self, job_id: str) -> bool:
+        """True for the one caller that groups this scan's pairs."""
+        return bool(self.redis.set(self.key("dups", "grouping", job_id), 1, nx=True, ex=GROUPING_CLAIM_TTL_S))
+
+    def release_grouping(self, job_id: str) -> None:
+        self.redis.delete(self.key("dups", "grouping", job_id))
+
+    # -- groups -----------------------------------------------------------------------------
+    def put_open_group(self, group_id: str, tier: str, members: list[dict], keep: list[str]) -> bool:
+        """Write an open group; False when it is resolved and `members` adds nobody to it."""
+        keys = [self.key("dups", "group", group_id), self.key("dups", "of")]
+        args = [self.prefix, group_id, tier, json.dumps(members), json.dumps(keep), time.time()]
+        return bool(self._put_group(keys=keys, args=args))
+
+    def drop_open_group(self, group_id: str) -> bool:
+        keys = [self.key("dups", "group", group_id), self.key("dups", "of")]
+        return bool(self._drop_open_group(keys=keys, args=[self.prefix, group_id]))
+
+    def resolve(self, group_id: str, keep: list[str], deleted: list[str], rule: str | None) -> bool:
+        """Record a decision; False if there is no such group."""
+        args = [self.prefix, group_id, json.dumps(keep), json.dumps(deleted), rule or "", time.time()]
+        return self._resolve(keys=[self.key("dups", "group", group_id)], args=args) > 0
+
+    def get_group(self, group_id: str) -> dict | None:
+        raw = self.redis.hgetall(self.key("dups", "group", group_id))
+        return _group(raw) if raw else None
+
+    def get_groups(self, group_ids: list[str]) -> list[dict]:
+        pipe = self.redis.pipeline(transaction=False)
+        for gid in group_ids:
+            pipe.hgetall(self.key("dups", "group", gid))
+        return [_group(raw) for raw in pipe.execute() if raw]
+
+    def group_of(self, image_ids: list[str]) -> dict[str, str]:
+        """image id -> group id, for the images that are in a group."""
+        found = self.redis.hmget(self.key("dups", "of"), image_ids) if image_ids else []
+        return {i: g.decode() for i, g in zip(image_ids, found) if g is not None}
+
+    def group_ids(self, statuses=STATUSES) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for status in statuses:
+            for tier in TIERS:
+                pipe.zrange(self._list_key(status, tier), 0, -1)
+        return sorted(g.decode() for ids in pipe.execute() for g in ids)
+
+    def list_groups(self, statuses=STATUSES, tiers=TIERS, after: str | None = None,
+                    limit: int = 50) -> tuple[list[dict], str | None, int]:
+        """(groups ordered by id after the cursor `after`, the next cursor or None, the total)."""
+        keys = [self._list_key(s, t) for s in statuses for t in tiers]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrangebylex(key, f"({after}" if after else "-", "+", start=0, num=limit + 1)
+        for key in keys:
+            pipe.zcard(key)
+        results = pipe.execute()
+        ids = sorted(g.decode() for chunk in results[:len(keys)] for g in chunk)
+        page = ids[:limit]
+        return self.get_groups(page), (page[-1] if len(ids) > limit else None), sum(results[len(keys):])
