@@ -131,6 +131,9 @@ def demo_cmd(host, port, exit_after):
 
 
 from services import cli_client  # noqa: E402,F401  (registers the client commands)
+from services.cli_duplicates import duplicates_cmd  # noqa: E402
+
+main.add_command(duplicates_cmd)
 
 @main.command("eval")
 @click.argument("dataset_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
