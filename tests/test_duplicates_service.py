@@ -1,0 +1,206 @@
+"""Duplicates end to end: real photos and edited copies indexed by a real worker against the model
+server, scans as jobs, the API, `vsearch duplicates`, and the page in headless Chromium."""
+from __future__ import annotations
+
+import csv
+import io
+import threading
+
+import pytest
+import requests
+from click.testing import CliRunner
+from PIL import Image
+from werkzeug.serving import make_server
+
+from gateway import create_app
+from services import transforms
+from services.cli_duplicates import duplicates_cmd
+from services.store import Store, image_id
+from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
+
+TOKEN = "dup-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# photo index -> edits whose copies join it (edits the interim judge and the verdicts both call copies)
+PLANTED = {0: ["crop70", "half_scale"], 1: ["jpeg20"], 2: ["brightness_contrast"], 3: ["crop70"]}
+
+pytestmark = pytest.mark.slow
+
+
+def open_rgb(path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def copy_bytes(photo, edit: str) -> bytes:
+    return transforms.to_jpeg_bytes(transforms.TRANSFORMS[edit](open_rgb(photo)), 90)
+
+
+class Deployment:
+    def __init__(self, settings, base: str, store: Store, worker: WorkerProcess):
+        self.settings, self.base, self.store, self.worker = settings, base, store, worker
+        self.api = base + "/api/v1"
+
+    def get(self, path: str, **params):
+        return requests.get(self.api + path, params=params, headers=AUTH, timeout=30)
+
+    def post(self, path: str, **kwargs):
+        return requests.post(self.api + path, headers=AUTH, timeout=60, **kwargs)
+
+    def wait(self, job_id: str) -> dict:
+        job = wait_for_job(self.store, job_id, timeout_s=120, workers=[self.worker])
+        assert job["state"] == "done", job
+        return job
+
+    def scan(self, full: bool = False) -> dict:
+        response = self.post("/duplicates/scan", json={"full": full})
+        assert response.status_code == 202, response.text
+        return self.wait(response.json()["job_id"])
+
+    def add(self, files: list[tuple[str, bytes]]) -> None:
+        response = self.post("/images", files=[("file", (name, data)) for name, data in files])
+        assert response.status_code == 202, response.text
+        self.wait(response.json()["job_id"])
+
+    def groups(self, **filters) -> list[dict]:
+        groups, cursor = [], None
+        while True:
+            body = self.get("/duplicates", **filters, **({"cursor": cursor} if cursor else {})).json()
+            groups += body["groups"]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return groups
+
+
+@pytest.fixture
+def deployment(tmp_path, model_server, photos):
+    """12 photos plus edited copies of four of them, indexed; the gateway on a real port."""
+    settings = isolated_settings(tmp_path, model_server, api_token=TOKEN)
+    worker = WorkerProcess(settings, tmp_path, concurrency=2)
+    app = create_app({"SETTINGS": settings})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    store = Store.from_settings(settings)
+    try:
+        worker.wait_ready()
+        d = Deployment(settings, f"http://127.0.0.1:{server.server_port}", store, worker)
+        files = [(p.name, p.read_bytes()) for p in photos[:12]]
+        files += [(f"{photos[n].stem}-{edit}.jpg", copy_bytes(photos[n], edit))
+                  for n, edits in PLANTED.items() for edit in edits]
+        d.add(files)
+        yield d
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        resources = app.extensions.get("vsearch")
+        if resources is not None:
+            for name in ("model", "store"):
+                if name in vars(resources):
+                    obj = vars(resources)[name]
+                    (obj.close() if name == "model" else obj.redis.close())
+        worker.stop()
+        drop_keys(settings)
+        store.redis.close()
+
+
+def planted_groups(photos) -> list[set[str]]:
+    return [{image_id(photos[n].read_bytes())} | {image_id(copy_bytes(photos[n], e)) for e in edits}
+            for n, edits in PLANTED.items()]
+
+
+def test_scan_resolve_and_rescan_through_the_api(deployment, photos):
+    d = deployment
+    job = d.scan()
+    assert (job["kind"], job["total"], job["done"], job["failed"]) == ("duplicates", 18, 18, 0)
+    groups = d.groups()
+    assert sorted(map(sorted, ({im["id"] for im in g["images"]} for g in groups))) == \
+        sorted(map(sorted, planted_groups(photos)))
+    for g in groups:
+        assert g["status"] == "open" and g["tier"] in ("exact", "copy") and len(g["keep"]) == 1
+        for im in g["images"]:
+            assert im["width"] > 0 and im["height"] > 0 and im["size_bytes"] > 0 and im["created_at"] > 0
+            assert im["thumbnail_url"] == f"/api/v1/images/{im['id']}/thumbnail" and im["score"] > 0
+    group_of = {im["id"]: g for g in groups for im in g["images"]}
+    crop_group = group_of[image_id(photos[0].read_bytes())]
+    crop_id = image_id(copy_bytes(photos[0], "crop70"))
+    assert crop_group["keep"] != [crop_id]  # an edited copy is never proposed over its original
+
+    # one page at a time, and the filters
+    page = d.get("/duplicates", limit=1).json()
+    assert page["total"] == 4 and len(page["groups"]) == 1 and page["next_cursor"]
+    assert d.get("/duplicates", status="resolved").json() == {"groups": [], "next_cursor": None, "total": 0}
+    tiers = {g["tier"] for g in groups}
+    assert sum(d.get("/duplicates", tier=t).json()["total"] for t in ("exact", "copy")) == 4 and tiers
+    for bad in ({"tier": "similar"}, {"status": "gone"}, {"cursor": "zz"}, {"limit": 0}, {"limit": "x"}):
+        response = d.get("/duplicates", **bad)
+        assert response.status_code == 400 and "error" in response.json(), bad
+
+    # resolve: a rule and delete the others; explicit keep and keep everything
+    a = group_of[image_id(photos[0].read_bytes())]
+    resolved = d.post(f"/duplicates/{a['group_id']}/resolve", json={"rule": "most_pixels", "delete_others": True}).json()
+    assert resolved["status"] == "resolved" and resolved["keep"] == [image_id(photos[0].read_bytes())]
+    others = [im["id"] for im in resolved["images"] if im["id"] not in resolved["keep"]]
+    assert len(others) == 2 and all(im["deleted"] for im in resolved["images"] if im["id"] in others)
+    for other in others:
+        assert d.get(f"/images/{other}").status_code == 404
+    b = group_of[image_id(photos[1].read_bytes())]
+    both = [im["id"] for im in b["images"]]
+    assert d.post(f"/duplicates/{b['group_id']}/resolve", json={"keep": both}).json()["status"] == "resolved"
+    assert d.post(f"/duplicates/{b['group_id']}/resolve", json={"keep": ["0" * 64]}).status_code == 400
+    assert d.post(f"/duplicates/{b['group_id']}/resolve", json={"rule": "prettiest"}).status_code == 400
+    assert d.post("/duplicates/0123456789abcdef/resolve", json={"rule": "oldest"}).status_code == 404
+    assert requests.post(f"{d.api}/duplicates/{b['group_id']}/resolve", json={"rule": "oldest"}).status_code == 401
+    search = d.post("/search", json={"image_id": resolved["keep"][0], "k": 20}).json()["results"]
+    assert not {r["id"] for r in search} & set(others)
+
+    # a rescan (new images only, then everything) brings no resolved group back
+    for full in (False, True):
+        d.scan(full=full)
+        assert {g["group_id"] for g in d.groups(status="resolved")} == {a["group_id"], b["group_id"]}
+        assert {g["group_id"] for g in d.groups(status="open")} == {g["group_id"] for g in groups} - {a["group_id"], b["group_id"]}
+
+    # ...until a new member joins: then the group is open again, under its id
+    d.add([("late-copy.jpg", copy_bytes(photos[1], "crop70"))])
+    job = d.scan()
+    assert job["total"] == 2  # the one new image and the grouping step
+    reopened = d.get(f"/duplicates/{b['group_id']}").json()
+    assert reopened["status"] == "open" and len(reopened["images"]) == 3
+    assert image_id(copy_bytes(photos[1], "crop70")) in {im["id"] for im in reopened["images"]}
+    assert d.get(f"/duplicates/{a['group_id']}").json()["status"] == "resolved"
+
+    # export: every group, one row per image
+    rows = d.get("/duplicates/export", format="json").json()["rows"]
+    listed = d.groups()
+    assert len(rows) == sum(len(g["images"]) for g in listed)
+    table = list(csv.DictReader(io.StringIO(d.get("/duplicates/export", format="csv").text)))
+    assert [r["image_id"] for r in table] == [r["image_id"] for r in rows]
+    assert {r["status"] for r in table} == {"open", "resolved"} and sum(r["keep"] == "True" for r in table) >= 4
+    assert d.get("/duplicates/export", format="xml").status_code == 400
+
+
+def test_cli_scans_summarises_exports_and_resolves(deployment, photos, tmp_path):
+    d = deployment
+    runner = CliRunner()
+    out = tmp_path / "dups.csv"
+    common = ["--gateway", d.base, "--token", TOKEN]
+    result = runner.invoke(duplicates_cmd, [*common, "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "4 duplicate groups, 9 images" in result.output
+    assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 9
+
+    result = runner.invoke(duplicates_cmd, [*common, "--no-scan", "--tier", "copy", "--resolve", "oldest",
+                                            "--delete-others"], input="n\n")
+    assert result.exit_code == 0 and "nothing changed" in result.output
+    assert len(d.groups(status="open")) == 4
+
+    result = runner.invoke(duplicates_cmd, [*common, "--no-scan", "--resolve", "oldest", "--delete-others", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "resolved 4 groups by oldest; 5 images deleted" in result.output
+    assert d.groups(status="open") == [] and len(d.groups(status="resolved")) == 4
+    result = runner.invoke(duplicates_cmd, [*common])  # a rescan: nothing reopens
+    assert result.exit_code == 0, result.output
+    assert "4 duplicate groups, 9 images" in result.output and " open" not in result.output.split("\n  ")[0]
+    assert d.groups(status="open") == []
+    bad = runner.invoke(duplicates_cmd, ["--gateway", d.base])  # a scan is a write: it needs the token
+    assert bad.exit_code != 0 and "HTTP 401" in bad.output
