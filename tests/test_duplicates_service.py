@@ -16,6 +16,7 @@ from gateway import create_app
 from services import transforms
 from services.cli_duplicates import duplicates_cmd
 from services.store import Store, image_id
+from tests.test_browser import browser  # noqa: F401  (the headless Chromium fixture)
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
 
 TOKEN = "dup-token"
@@ -204,3 +205,71 @@ def test_cli_scans_summarises_exports_and_resolves(deployment, photos, tmp_path)
     assert d.groups(status="open") == []
     bad = runner.invoke(duplicates_cmd, ["--gateway", d.base])  # a scan is a write: it needs the token
     assert bad.exit_code != 0 and "HTTP 401" in bad.output
+
+
+def test_review_page_in_chromium(deployment, browser, photos):
+    from tests.test_browser import wait_until
+    d = deployment
+    d.scan()
+    driver = browser
+    driver.get(d.base + "/duplicates?limit=2")
+    driver.find_element("id", "token").send_keys(TOKEN)
+    driver.execute_script("document.activeElement.blur()")
+
+    def shown():
+        return driver.execute_script("""
+            const groups = [...document.querySelectorAll('#groups .group')];
+            if (!groups.length || !groups.every(g => [...g.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)))
+                return null;
+            return groups.map(g => ({id: g.dataset.id, current: g.classList.contains('current'), status: [...g.classList].includes('resolved') ? 'resolved' : 'open',
+                members: [...g.querySelectorAll('.member')].map(m => m.dataset.id),
+                keep: [...g.querySelectorAll('.member.keep')].map(m => m.dataset.id),
+                badges: [...g.querySelectorAll('.member.keep .badge')].map(b => b.innerText.toLowerCase()),
+                side_by_side: new Set([...g.querySelectorAll('.member')].map(m => Math.round(m.getBoundingClientRect().top))).size === 1}));
+        """)
+
+    def keys(text):
+        from selenium.webdriver.common.action_chains import ActionChains
+        ActionChains(driver).send_keys(text).perform()
+
+    groups = wait_until(shown, what="the first page of groups")
+    api_groups = {g["group_id"]: g for g in d.groups()}
+    assert len(groups) == 2 and driver.find_element("id", "page").text == "page 1 · 4 groups"
+    for g in groups:
+        assert g["members"] == [im["id"] for im in api_groups[g["id"]]["images"]] and g["side_by_side"]
+        assert g["keep"] == api_groups[g["id"]]["keep"] and g["badges"] == ["keep"]
+    assert [g["current"] for g in groups] == [True, False]
+    keys("j")
+    assert [g["current"] for g in wait_until(shown)] == [False, True]
+    keys("k")
+    assert [g["current"] for g in wait_until(shown)] == [True, False]
+
+    # change the keeper (the number keys, then the arrows), accept and delete the others
+    first = groups[0]
+    keys("2")
+    assert wait_until(shown)[0]["keep"] == [first["members"][1]]
+    keys("\ue014")  # ArrowRight
+    chosen = first["members"][2 % len(first["members"])]
+    assert wait_until(shown)[0]["keep"] == [chosen]
+    driver.find_element("id", "delete-others").click()
+    driver.execute_script("document.activeElement.blur()")
+    keys("a")
+    wait_until(lambda: (shown() or [{}])[0].get("status") == "resolved", what="the group resolved")
+    resolved = d.get(f"/duplicates/{first['id']}").json()
+    assert resolved["status"] == "resolved" and resolved["keep"] == [chosen]
+    assert all(im["deleted"] == (im["id"] != chosen) for im in resolved["images"])
+    assert "deleted" in driver.find_element("id", "message").text
+    assert [g["current"] for g in shown()] == [False, True]  # on to the next open group
+
+    # paging, and Enter accepts keeping the proposed keeper
+    keys("n")
+    wait_until(lambda: driver.find_element("id", "page").text == "page 2 · 3 groups", what="the second page")
+    page2 = wait_until(shown)
+    keys("\ue007")  # Enter
+    wait_until(lambda: (shown() or [{}])[0].get("status") == "resolved", what="accepted with Enter")
+    assert d.get(f"/duplicates/{page2[0]['id']}").json()["keep"] == page2[0]["keep"]
+    keys("p")
+    wait_until(lambda: driver.find_element("id", "page").text == "page 1 · 2 groups", what="back to the first page")
+    assert first["id"] not in {g["id"] for g in wait_until(shown)}  # the open ones only, by default
+    console = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert not console, console

@@ -2,7 +2,7 @@
 "use strict";
 const api = "/api/v1";
 const $ = (id) => document.getElementById(id);
-const PAGE = 10;
+const PAGE = Number(new URLSearchParams(location.search).get("limit")) || 10;  // ?limit=N: groups a page
 const state = { groups: [], current: 0, cursors: [null], page: 0, next: null, total: 0 };
 
 function headers() {
@@ -71,8 +71,7 @@ function render() {
     row.addEventListener("click", () => { state.current = n; render(); });
     return row;
   }));
-  const first = state.page * PAGE;
-  $("page").textContent = state.total ? `groups ${first + 1}–${first + state.groups.length} of ${state.total}` : "no groups";
+  $("page").textContent = state.total ? `page ${state.page + 1} · ${state.total} groups` : "no groups";
   $("prev-page").disabled = state.page === 0;
   $("next-page").disabled = !state.next;
   const current = box.querySelector(".group.current");
