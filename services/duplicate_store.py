@@ -9,7 +9,7 @@ Key layout, under the same prefix `p` as services/store.py (its Store owns the c
                                          resolved_at
     p:dups:list:<status>:<tier>  zset    group ids, all scored 0: ordered by id (the listing's cursor)
     p:dups:of                    hash    image id -> its group's id
-    p:dups:grouping:<job_id>     string  taken by the one task that groups a finished scan
+    p:dups:grouping:<job_id>     string  taken by the one task that groups a finished scan (expires)
 
 Decisions are kept by the scripts, atomically against concurrent requests: a rescan writes open
 groups only, and never overwrites a resolved group unless the new version has a member the
@@ -24,7 +24,6 @@ from services.store import Store
 
 STATUSES = ("open", "resolved")
 TIERS = ("exact", "copy")
-GROUPING_CLAIM_TTL_S = 7 * 86400
 
 _LISTS = """
 local function lists(prefix)
@@ -130,9 +129,10 @@ class DuplicateStore:
     def set_scanned_seq(self, model_key: str, seq: int) -> None:
         self.redis.set(self.key("dups", "scanned", model_key), seq)
 
-    def claim_grouping(self, job_id: str) -> bool:
-        """True for the one caller that groups this scan's pairs."""
-        return bool(self.redis.set(self.key("dups", "grouping", job_id), 1, nx=True, ex=GROUPING_CLAIM_TTL_S))
+    def claim_grouping(self, job_id: str, ttl_s: float) -> bool:
+        """True for the one caller that groups this scan's pairs; the claim lapses after ttl_s (its
+        holder died: then the job's watchdog sends the grouping step again)."""
+        return bool(self.redis.set(self.key("dups", "grouping", job_id), 1, nx=True, px=int(ttl_s * 1000)))
 
     def release_grouping(self, job_id: str) -> None:
         self.redis.delete(self.key("dups", "grouping", job_id))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -179,6 +180,8 @@ def test_pairs_round_trip_and_scan_clock(store):
     assert dups.scanned_seq("m:1") == 0
     dups.set_scanned_seq("m:1", 42)
     assert dups.scanned_seq("m:1") == 42
-    assert dups.claim_grouping("job") and not dups.claim_grouping("job")
+    assert dups.claim_grouping("job", 60) and not dups.claim_grouping("job", 60)
     dups.release_grouping("job")
-    assert dups.claim_grouping("job")
+    assert dups.claim_grouping("job", 0.05) and not dups.claim_grouping("job", 60)
+    time.sleep(0.1)
+    assert dups.claim_grouping("job", 60)  # its holder died: the claim lapsed

@@ -273,3 +273,63 @@ def test_review_page_in_chromium(deployment, browser, photos):
     assert first["id"] not in {g["id"] for g in wait_until(shown)}  # the open ones only, by default
     console = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert not console, console
+
+
+def test_lost_scan_messages_are_sent_again(tmp_path, model_server):
+    """A scan's start message and one of its ranges, lost with a worker (see worker.watchdog), are
+    sent again; the job ends with its groups. Synthetic vectors written as ingest would."""
+    import numpy as np
+
+    from services.duplicate_store import DuplicateStore
+    from worker.celery_app import INGEST_QUEUE, make_celery
+    from worker.jobs import submit_duplicate_scan
+
+    settings = isolated_settings(tmp_path, model_server, task_visibility_timeout_s=2)
+    store, app = Store.from_settings(settings), make_celery(settings)
+    model_key = "effnet_lite0:1"
+    store.redis.set(store.key("active_model", settings.model_name), model_key)
+    rng = np.random.default_rng(5)
+    ids = [f"{i:064x}" for i in range(40)]
+    vectors = rng.standard_normal((40, 64)).astype(np.float32)
+    layouts = rng.standard_normal((40, 4, 256)).astype(np.float32)
+    for copy, original in ((1, 0), (3, 2), (5, 4)):  # planted copies: the same content, a little noise
+        vectors[copy] = vectors[original] + 0.01 * rng.standard_normal(64)
+        layouts[copy] = layouts[original] + 0.01 * rng.standard_normal((4, 256))
+    layouts /= np.linalg.norm(layouts, axis=-1, keepdims=True)
+    store.create_images([(i, {"source": f"{n}.jpg", "width": 10 + n, "height": 10}) for n, i in enumerate(ids)])
+    store.put_vectors(model_key, ids, vectors)
+    store.put_layouts(model_key, ids, layouts)
+    workers = []
+    try:
+        lost_start = submit_duplicate_scan(app, store, full=True)
+        with app.connection_for_write() as conn:  # popped and dropped, as by a worker killed at once
+            assert conn.default_channel.basic_get(INGEST_QUEUE, no_ack=True) is not None
+        workers.append(WorkerProcess(settings, tmp_path, concurrency=2))
+        workers[0].wait_ready()
+        job = wait_for_job(store, lost_start, timeout_s=60, workers=workers)
+        assert (job["state"], job["total"], job["done"], job["resent"]) == ("done", 41, 41, 1), job
+        expected = sorted([[ids[0], ids[1]], [ids[2], ids[3]], [ids[4], ids[5]]])
+        assert sorted(sorted(m["id"] for m in g["members"]) for g in DuplicateStore(store).list_groups()[0]) == expected
+
+        # a scan whose start ran but whose second range (and so its grouping) never arrived
+        more = [f"{i:064x}" for i in range(40, 44)]
+        store.create_images([(i, {"source": i}) for i in more])
+        store.put_vectors(model_key, more, np.concatenate([vectors[6:7] + 0.01, rng.standard_normal((3, 64))]))
+        store.put_layouts(model_key, more, np.concatenate([layouts[6:7], layouts[:3] * -1]))
+        seq = store.current_seq()
+        ranges = [{"key": f"seq {seq - 4}-{seq - 2}", "after": seq - 4, "upto": seq - 2, "count": 2, "scan_upto": seq},
+                  {"key": f"seq {seq - 2}-{seq}", "after": seq - 2, "upto": seq, "count": 2, "scan_upto": seq}]
+        store.create_job("lost-range", None, "duplicates")
+        store.save_job_chunks("lost-range", [[r] for r in ranges] + [[{"key": "grouping", "grouping": True, "scan_upto": seq}]])
+        store.start_job("lost-range", total=5)
+        app.send_task("worker.tasks.scan_duplicates_range", args=["lost-range", *[ranges[1][k] for k in ("after", "upto", "count", "scan_upto")]])
+        job = wait_for_job(store, "lost-range", timeout_s=60, workers=workers)
+        assert (job["state"], job["done"], job["resent"]) >= ("done", 5, 1), job
+        groups = DuplicateStore(store).list_groups()[0]
+        assert sorted(m["id"] for g in groups for m in g["members"] if more[0] in {x["id"] for x in g["members"]}) == \
+            sorted([ids[6], more[0]])
+    finally:
+        for w in workers:
+            w.stop()
+        drop_keys(settings)
+        store.redis.close()

@@ -28,6 +28,10 @@ def scan_duplicates(job_id: str, full: bool = False) -> int:
     if job is None or job["state"] != "queued":
         return 0
     ranges, upto = scan.plan(ctx.store, DuplicateStore(ctx.store), ctx.model_key, full)
+    # Saved like an ingest job's chunks: worker.watchdog sends a lost range again.
+    ctx.store.save_job_chunks(job_id, [[{"key": _range_key(r.after, r.upto), "after": r.after, "upto": r.upto,
+                                         "count": r.count, "scan_upto": upto}] for r in ranges]
+                              + [[{"key": GROUPING_ITEM, "grouping": True, "scan_upto": upto}]])
     ctx.store.start_job(job_id, total=sum(r.count for r in ranges) + 1)
     for r in ranges:
         scan_duplicates_range.delay(job_id, r.after, r.upto, r.count, upto)
@@ -43,9 +47,21 @@ def scan_duplicates_range(job_id: str, after: int, upto: int, count: int, scan_u
     dups = DuplicateStore(ctx.store)
     found = scan.scan_range(ctx.store, dups, ctx.searcher, LayoutJudge(ctx.store, ctx.model_key),
                             ctx.model_key, after, upto)
-    ctx.store.job_progress(job_id, f"seq {after}-{upto}", done=count)
+    ctx.store.job_progress(job_id, _range_key(after, upto), done=count)
     _group_when_scanned(ctx, job_id, scan_upto)
     return found
+
+
+@shared_task(name="worker.tasks.scan_duplicates_group", acks_late=True)
+@_redeliver_when_redis_is_down
+def scan_duplicates_group(job_id: str, scan_upto: int) -> None:
+    """The grouping step on its own: what worker.watchdog sends when the task that should have
+    grouped a finished scan died."""
+    _group_when_scanned(context.get_context(), job_id, scan_upto)
+
+
+def _range_key(after: int, upto: int) -> str:
+    return f"seq {after}-{upto}"
 
 
 def _group_when_scanned(ctx, job_id: str, scan_upto: int) -> None:
@@ -53,7 +69,7 @@ def _group_when_scanned(ctx, job_id: str, scan_upto: int) -> None:
     if job is None or job["done"] + job["failed"] < job["total"] - 1:
         return
     dups = DuplicateStore(ctx.store)
-    if not dups.claim_grouping(job_id):
+    if not dups.claim_grouping(job_id, ttl_s=ctx.settings.task_visibility_timeout_s):
         return
     try:
         counts = scan.regroup(ctx.store, dups, ctx.model_key)

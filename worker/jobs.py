@@ -26,6 +26,7 @@ def submit_duplicate_scan(app: Celery, store: Store, full: bool = False) -> str:
     """Records a queued duplicate scan (all images, or only those added since the last scan)."""
     job_id = uuid.uuid4().hex
     store.create_job(job_id, None, "duplicates", scope="full" if full else "new")
+    store.save_job_spec(job_id, {"kind": "duplicates", "full": full})  # for the watchdog
     app.send_task("worker.tasks.scan_duplicates", args=[job_id, full])
     return job_id
 

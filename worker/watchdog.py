@@ -35,17 +35,34 @@ def resend_lost_work(app: Celery, store: Store, stall_s: float) -> dict[str, int
         if state == "queued":
             spec = store.get_job_spec(job_id)
             if spec is not None:
-                app.send_task("worker.tasks.start_job", args=[job_id, spec])
+                app.send_task(*_start_message(job_id, spec))
                 sent[job_id] = 1
         elif state == "running":
             for items in store.unfinished_chunks(job_id):
-                app.send_task("worker.tasks.ingest", args=[job_id, items])
+                app.send_task(*_chunk_message(job_id, items))
                 sent[job_id] = sent.get(job_id, 0) + 1
         if job_id in sent:
             store.add_resent(job_id, sent[job_id])
     for job_id, count in sent.items():
         log.warning("job %s made no progress for %.0f s: sent %d message(s) again", job_id, stall_s, count)
     return sent
+
+
+def _start_message(job_id: str, spec: dict) -> tuple[str, list]:
+    """The task that starts a job of this spec, and its arguments."""
+    if spec["kind"] == "duplicates":
+        return "worker.tasks.scan_duplicates", [job_id, spec.get("full", False)]
+    return "worker.tasks.start_job", [job_id, spec]
+
+
+def _chunk_message(job_id: str, items: list[dict]) -> tuple[str, list]:
+    """The task that does one saved chunk: an ingest chunk, or a duplicate scan's range of images."""
+    if len(items) == 1 and "scan_upto" in items[0]:
+        r = items[0]
+        if r.get("grouping"):
+            return "worker.tasks.scan_duplicates_group", [job_id, r["scan_upto"]]
+        return "worker.tasks.scan_duplicates_range", [job_id, r["after"], r["upto"], r["count"], r["scan_upto"]]
+    return "worker.tasks.ingest", [job_id, items]
 
 
 def _waiting_messages(app: Celery) -> int:
