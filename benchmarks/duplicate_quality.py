@@ -11,6 +11,7 @@ judge's copy threshold around its default (the pairs judged again in this proces
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -41,12 +42,19 @@ def found_groups(store: Store) -> list[list[str]]:
             return groups
 
 
-def sweep(store: Store, model_key: str, names: dict[str, str], planted) -> list[dict]:
+def sweep(store: Store, model_key: str, names: dict[str, str], planted, index_dir) -> list[dict]:
     """Scores for other copy thresholds: every image's candidates judged again in-process."""
     from services.index import Searcher
-    searcher = Searcher(store, model_key, Path(tempfile.mkdtemp()))
+    searcher = Searcher(store, model_key, index_dir)
     ids = list(names)
     found, vectors = store.get_vectors(model_key, ids)
+    scored = candidate_pairs(searcher, found, vectors, min_cosine=-1.0)
+    truth = {tuple(sorted(p)) for g in planted.groups for p in itertools.combinations(g, 2)}
+    cosines = sorted(c for a, b, c in scored if tuple(sorted((names[a], names[b]))) in truth)
+    reached = {tuple(sorted((names[a], names[b]))) for a, b, _ in scored} & truth
+    print(json.dumps({"candidate_recall_any_cosine": len(reached) / len(truth),
+                      "true_pair_cosine_quantiles": [round(cosines[int(q * (len(cosines) - 1))], 3)
+                                                     for q in (0, 0.01, 0.05, 0.1, 0.5)]}))
     candidates = sorted({(a, b) for a, b, _ in candidate_pairs(searcher, found, vectors)})
     rows = []
     for threshold in (1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3):
@@ -89,7 +97,7 @@ def main() -> None:
                        "judge": "LayoutJudge", "model": model_key}
             print(json.dumps(result, indent=1))
             if args.sweep:
-                for row in sweep(store, model_key, names, planted):
+                for row in sweep(store, model_key, names, planted, settings.index_dir):
                     print(json.dumps(row))
             del records
         finally:
