@@ -2,7 +2,7 @@
 
     python benchmarks/duplicate_quality.py [--photos var/eval/pkgphotos] [--seed 18] [--sweep]
 
-Builds the planted set (services/quality/planted.py) from the evaluation photos
+Builds the planted set (evaluation/planted.py) from the evaluation photos
 (benchmarks/make_eval_set.py), indexes it through the real system (a directory job run by a
 `vsearch worker` process against `vsearch model-server` and Redis, db 14 under its own prefix,
 cleaned up), runs a duplicate scan job and scores its groups. --sweep also prints the scores of the
@@ -21,16 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.duplicate_store import DuplicateStore  # noqa: E402
+from services.store.duplicates import DuplicateStore  # noqa: E402
 from services.duplicates import judge as judges  # noqa: E402
 from services.duplicates.grouping import Pair, group_pairs  # noqa: E402
 from services.duplicates.pairs import candidate_pairs  # noqa: E402
-from services.quality import planted as planted_set  # noqa: E402
-from services.quality.server import local_model_server  # noqa: E402
+from evaluation import planted as planted_set  # noqa: E402
+from evaluation.server import local_model_server  # noqa: E402
 from services.store import Store  # noqa: E402
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job  # noqa: E402
-from worker.celery_app import make_celery  # noqa: E402
-from worker.jobs import submit_duplicate_scan, submit_job  # noqa: E402
+from services.broker import make_celery  # noqa: E402
+from services.jobs import submit_duplicate_scan, submit_job  # noqa: E402
 
 
 def found_groups(store: Store) -> list[list[str]]:

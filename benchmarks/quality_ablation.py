@@ -17,11 +17,11 @@ import numpy as np
 from PIL import ImageOps
 
 from services import images
-from services.quality import metrics as M
-from services import robust_search as robust
-from services.quality.dataset import load
-from services.quality.harness import EXTRA_TRANSFORMS
-from services.transforms import TRANSFORMS, center_crop
+from evaluation import metrics as M
+from services import copy_detection as robust
+from evaluation.dataset import load
+from evaluation.harness import EXTRA_TRANSFORMS
+from evaluation.transforms import TRANSFORMS, center_crop
 
 T = {**TRANSFORMS, **EXTRA_TRANSFORMS}
 

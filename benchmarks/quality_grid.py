@@ -15,9 +15,9 @@ from contextlib import nullcontext
 import numpy as np
 
 from services.config import Settings
-from services import robust_search as robust
-from services.quality import harness, metrics
-from services.quality.server import local_model_server
+from services import copy_detection as robust
+from evaluation import harness, metrics
+from evaluation.server import local_model_server
 from services.tfs_client import ModelClient
 
 BONUSES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.7)

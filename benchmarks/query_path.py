@@ -20,18 +20,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services import images, robust_search  # noqa: E402
+from services import images, copy_detection  # noqa: E402
 from tests.conftest import imagenet_photos  # noqa: E402
 
 SIZE = 224
 
 
 def query_work(data: bytes) -> np.ndarray:
-    """What `robust_search.query_embeddings` does around its model call, plus the decode."""
-    base, trimmed = robust_search._base_and_trimmed(images.decode(data, draft_for=SIZE))
+    """What `copy_detection.query_embeddings` does around its model call, plus the decode."""
+    base, trimmed = copy_detection._base_and_trimmed(images.decode(data, draft_for=SIZE))
     first = images.prepare(base, SIZE)
     arrays = np.stack([first, first[:, ::-1]] + ([images.prepare(trimmed, SIZE)] if trimmed is not None else []))
-    return robust_search.layout(arrays)
+    return copy_detection.layout(arrays)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from services.index import build_index  # noqa: E402
 from services.images import load_for_model  # noqa: E402
 from services.store import Store, image_id  # noqa: E402
 from services.tfs_client import ModelClient  # noqa: E402
-from services.modelserver.process import start_model_server, stop_process  # noqa: E402
+from modelserver.process import start_model_server, stop_process  # noqa: E402
 from tests.conftest import free_port, imagenet_photos  # noqa: E402
 from tests.workers import drop_keys, isolated_settings, start_gateway  # noqa: E402
 

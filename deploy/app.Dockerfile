@@ -15,6 +15,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services services
 COPY worker worker
+COPY cli cli
+COPY modelserver modelserver
+COPY evaluation evaluation
 COPY gateway gateway
 COPY model_export model_export
 # Base dependencies only: the `model` and `export` extras (TensorFlow, torch) are not installed.

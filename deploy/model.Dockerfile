@@ -18,6 +18,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services services
 COPY worker worker
+COPY cli cli
+COPY modelserver modelserver
+COPY evaluation evaluation
 COPY gateway gateway
 COPY model_export model_export
 RUN --mount=type=cache,target=/root/.cache/pip \

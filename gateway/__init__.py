@@ -9,9 +9,11 @@ import uuid
 from flask import Flask, g, request
 
 from services.config import Settings
+from services.process import configure_process
 
 
 def create_app(test_config: dict | None = None) -> Flask:
+    configure_process()  # the gateway process's entry point (gunicorn calls this)
     app = Flask(__name__)
     settings = (test_config or {}).get("SETTINGS") or Settings.from_env()
     app.config.update(

@@ -12,9 +12,9 @@ from gateway.api_images import remove_image
 from gateway.auth import require_token
 from gateway.errors import ApiError
 from gateway.inputs import json_body
-from services.duplicate_store import STATUSES, TIERS, DuplicateStore
+from services.store.duplicates import STATUSES, TIERS, DuplicateStore
 from services.duplicates import keepers
-from worker.jobs import submit_duplicate_scan
+from services.jobs import submit_duplicate_scan
 
 bp = Blueprint("duplicates", __name__, url_prefix="/api/v1/duplicates")
 _GROUP_ID = re.compile(r"[0-9a-f]{16}")

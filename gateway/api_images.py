@@ -13,7 +13,7 @@ from gateway.inputs import json_body, optional_label, uploaded_files, url_list
 from services import files
 from services.images import ALLOWED_FORMATS, ImageError, sniff_format
 from services.store import image_id as hash_id
-from worker.jobs import request_rebuild, submit_job
+from services.jobs import request_rebuild, submit_job
 
 bp = Blueprint("images", __name__, url_prefix="/api/v1/images")
 _ID = re.compile(r"[0-9a-f]{64}")

@@ -10,7 +10,7 @@ from gateway.auth import require_token
 from gateway.errors import ApiError
 from gateway.inputs import json_body, url_list
 from services import files, sources
-from worker.jobs import submit_job
+from services.jobs import submit_job
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 

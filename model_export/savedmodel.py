@@ -17,10 +17,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from services.model_contract import EMBEDDING, INPUT, PROBABILITIES, SIGNATURE
+
 from .errors import VersionExistsError
 
-SIGNATURE = "serving_default"
-INPUT = "images"
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 
 
@@ -36,7 +36,7 @@ class _Servable(tf.Module):
 
     def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         features, logits = self.network(images)
-        return {"embedding": tf.math.l2_normalize(features, axis=1), "probabilities": tf.nn.softmax(logits)}
+        return {EMBEDDING: tf.math.l2_normalize(features, axis=1), PROBABILITIES: tf.nn.softmax(logits)}
 
 
 def version_dir(base: Path, name: str, version: int, overwrite: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""Per-process resources of a gateway or worker: Redis store, model client, index searcher.
+"""The per-process resources of every role (gateway, worker, `vsearch search --local`): Redis store,
+model client, index searcher, and the Celery app that sends tasks.
 
 Made lazily on first use in the process that uses them (gRPC channels must not cross a fork), and
 dropped by `reset()`, which Celery calls in each new pool process.
@@ -8,6 +9,9 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 
+from celery import Celery
+
+from services.broker import make_celery
 from services.config import Settings
 from services.index import Searcher
 from services.store import Store
@@ -27,16 +31,14 @@ class Context:
     def model_key(self) -> str:
         """The model version whose vectors the index holds ("name:version"), recorded in Redis by
         the first ingest; a new version is adopted only by a re-embed. Until then: the newest."""
-        key = self.store.key("active_model", self.settings.model_name)
-        active = self.store.redis.get(key)
+        active = self.store.active_model(self.settings.model_name)
         if active is None:
             newest = self._client(version=None)
             try:
-                self.store.redis.set(key, newest.info().key, nx=True)
+                active = self.store.adopt_model(self.settings.model_name, newest.info().key)
             finally:
                 newest.close()
-            active = self.store.redis.get(key)
-        return active.decode()
+        return active
 
     @cached_property
     def model(self) -> ModelClient:
@@ -46,6 +48,11 @@ class Context:
     def _client(self, version: int | None) -> ModelClient:
         s = self.settings
         return ModelClient(s.model_server, s.model_name, s.model_timeout_s, s.model_batch_size, version=version)
+
+    @cached_property
+    def celery(self) -> Celery:
+        """Sends tasks by name (services.jobs); the worker's own app adds the task code."""
+        return make_celery(self.settings)
 
     @cached_property
     def searcher(self) -> Searcher:

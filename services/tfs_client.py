@@ -18,13 +18,11 @@ import grpc
 import numpy as np
 
 from services.protos import tfserving_pb2 as pb
+from services.model_contract import EMBEDDING, INPUT, SIGNATURE, fill_tensor, tensor_to_array
 
-SIGNATURE = "serving_default"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a batch of 32 images at 224x224 is already ~4.8 MB
 _PREDICTION = "/tensorflow.serving.PredictionService/"
 _MODEL = "/tensorflow.serving.ModelService/"
-_DTYPES = {pb.DT_FLOAT: np.float32, pb.DT_UINT8: np.uint8, pb.DT_INT32: np.int32, pb.DT_INT64: np.int64,
-           pb.DT_DOUBLE: np.float64}
 # Transient failures are retried by gRPC itself (Predict is idempotent).
 _SERVICE_CONFIG = json.dumps({"methodConfig": [{
     "name": [{"service": "tensorflow.serving.PredictionService"}, {"service": "tensorflow.serving.ModelService"}],
@@ -67,27 +65,14 @@ class ModelInfo:
 
 
 def build_predict_request(model: str, images: np.ndarray, version: int | None = None,
-                          input_name: str = "images", output_filter: Sequence[str] = ()) -> pb.PredictRequest:
+                          input_name: str = INPUT, output_filter: Sequence[str] = ()) -> pb.PredictRequest:
     request = pb.PredictRequest(output_filter=list(output_filter))
     request.model_spec.name = model
     request.model_spec.signature_name = SIGNATURE
     if version is not None:
         request.model_spec.version.value = version
-    tensor = request.inputs[input_name]
-    tensor.dtype = pb.DT_UINT8
-    tensor.tensor_shape.dim.extend(pb.TensorShapeProto.Dim(size=s) for s in images.shape)
-    tensor.tensor_content = np.ascontiguousarray(images, dtype=np.uint8).tobytes()
+    fill_tensor(request.inputs[input_name], np.asarray(images, dtype=np.uint8))
     return request
-
-
-def tensor_to_array(tensor: pb.TensorProto) -> np.ndarray:
-    dtype = _DTYPES[tensor.dtype]
-    shape = [d.size for d in tensor.tensor_shape.dim]
-    if tensor.tensor_content:
-        return np.frombuffer(tensor.tensor_content, dtype=dtype).reshape(shape)
-    values = {np.float32: tensor.float_val, np.float64: tensor.double_val, np.int64: tensor.int64_val}.get(
-        dtype, tensor.int_val)
-    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 class ModelClient:
@@ -156,7 +141,7 @@ class ModelClient:
         batch = images if isinstance(images, np.ndarray) else np.stack(list(images))
         if batch.ndim != 4 or batch.shape[1:3] != info.input_size:
             raise ValueError(f"images must be [N, {info.input_size[0]}, {info.input_size[1]}, 3], got {batch.shape}")
-        parts = [self.predict(batch[i:i + self.batch_size], outputs=["embedding"])["embedding"]
+        parts = [self.predict(batch[i:i + self.batch_size], outputs=[EMBEDDING])[EMBEDDING]
                  for i in range(0, len(batch), self.batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, info.embedding_dim), np.float32)
 
@@ -170,6 +155,6 @@ def _parse_metadata(response: pb.GetModelMetadataResponse) -> ModelInfo:
     signature = signatures.signature_def[SIGNATURE]
     (input_name, tensor_info), = signature.inputs.items()
     _, height, width, _ = (d.size for d in tensor_info.tensor_shape.dim)
-    embedding_dim = signature.outputs["embedding"].tensor_shape.dim[-1].size
+    embedding_dim = signature.outputs[EMBEDDING].tensor_shape.dim[-1].size
     return ModelInfo(name=response.model_spec.name, version=response.model_spec.version.value,
                      input_name=input_name, input_size=(height, width), embedding_dim=embedding_dim)

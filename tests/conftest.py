@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import http.server
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from services.modelserver.process import (  # noqa: F401  (tests import these from here)
+from modelserver.process import (  # noqa: F401  (tests import these from here)
     free_port, start_model_server, stop_process, wait_for_model_server,
 )
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def imagenet_photos() -> list[Path]:
     """The 20 real ImageNet photos shipped in foolbox; the class index is the file name's last part."""
-    from services.demo import sample_photos
+    from cli.demo import sample_photos
     return sample_photos()
 
 
@@ -100,3 +101,39 @@ def model_server(model_base) -> str:
     proc = start_model_server(model_base, port)
     yield f"127.0.0.1:{port}"
     stop_process(proc)
+
+
+@dataclass
+class Deployment:
+    """A gateway app (Flask test client) and a real worker process on a Redis namespace of their own."""
+    settings: object
+    app: object
+    worker: object
+    tmp: Path
+
+    def client(self):
+        return self.app.test_client()
+
+
+@pytest.fixture(scope="module")
+def deployment(request, tmp_path_factory, model_server) -> Deployment:
+    """One deployment per test module. The module's `DEPLOYMENT` dict overrides settings; its
+    `worker_concurrency` entry sets the worker's threads (default 2)."""
+    from gateway import create_app
+    from tests.workers import WorkerProcess, drop_keys, isolated_settings
+    overrides = dict(getattr(request.module, "DEPLOYMENT", {}))
+    concurrency = overrides.pop("worker_concurrency", 2)
+    tmp = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    settings = isolated_settings(tmp, model_server, **overrides)
+    worker = WorkerProcess(settings, tmp, concurrency=concurrency)
+    try:
+        worker.wait_ready()
+        yield Deployment(settings, create_app({"SETTINGS": settings, "TESTING": True}), worker, tmp)
+    finally:
+        worker.stop()
+        drop_keys(settings)
+
+
+@pytest.fixture
+def client(deployment):
+    return deployment.client()

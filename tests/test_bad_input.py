@@ -28,7 +28,7 @@ from gateway import create_app
 from services.store import Store, image_id
 from tests.conftest import QuietHandler, free_port, imagenet_photos
 from tests.test_sources import make_tar
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
+from tests.workers import wait_for_job
 
 MODEL_KEY = "effnet_lite0:1"
 MAX_UPLOAD_MB = 2
@@ -162,35 +162,27 @@ class Server(http.server.ThreadingHTTPServer):
         pass  # clients hang up on slow and endless answers on purpose
 
 
+DEPLOYMENT = {"max_upload_mb": MAX_UPLOAD_MB, "url_timeout_s": 2, "max_urls_per_job": 40,
+              "max_archive_members": 60, "max_archive_mb": 6, "ingest_chunk": 4, "worker_concurrency": 3}
+
+
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory, model_server):
-    tmp = tmp_path_factory.mktemp("bad_input")
-    settings = isolated_settings(tmp, model_server, max_upload_mb=MAX_UPLOAD_MB, url_timeout_s=2,
-                                 max_urls_per_job=40, max_archive_members=60, max_archive_mb=6, ingest_chunk=4)
-    worker = WorkerProcess(settings, tmp, concurrency=3)
+def files_url():
+    """The base URL of a local server of good, bad, slow and endless answers (`Files`)."""
     server = Server(("127.0.0.1", 0), Files)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    worker.wait_ready()
-    app = create_app({"SETTINGS": settings, "TESTING": True})
-    yield settings, app, worker, f"http://127.0.0.1:{server.server_port}", tmp
+    yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
-    worker.stop()
-    drop_keys(settings)
-
-
-@pytest.fixture
-def client(deployment):
-    return deployment[1].test_client()
 
 
 def finished(deployment, job_id: str) -> dict:
-    settings, _, worker, _, _ = deployment
+    settings, worker = deployment.settings, deployment.worker
     return wait_for_job(Store.from_settings(settings), job_id, timeout_s=60, workers=[worker])
 
 
 def assert_indexed(deployment, datas) -> None:
-    store = Store.from_settings(deployment[0])
+    store = Store.from_settings(deployment.settings)
     ids = [image_id(d) for d in datas]
     records = store.get_images(ids)
     assert all(r and r["status"] == "indexed" for r in records), records
@@ -291,8 +283,8 @@ def test_archive_job_refused_as_a_whole(client, deployment, tmp_path, name, make
     assert phrase in job["errors"][0]["error"], job
 
 
-def test_url_job_mixing_good_and_bad_urls(client, deployment, photos):
-    _, _, _, base, _ = deployment
+def test_url_job_mixing_good_and_bad_urls(client, deployment, photos, files_url):
+    base = files_url
     good = {f"/good/{i}.jpg": encode(small_photo(photos[12 + i])) for i in range(3)}
     bad = bad_images(photos)
     big = bytes(3 * 2**20)
@@ -348,7 +340,7 @@ def test_uploads_mixing_good_and_bad_files(client, deployment, photos):
 
 
 def test_directory_jobs_stay_inside_the_allowed_roots(client, deployment, photos, tmp_path_factory):
-    settings, _, _, _, root = deployment
+    settings, root = deployment.settings, deployment.tmp
     outside = tmp_path_factory.mktemp("outside")
     secret = encode(small_photo(photos[15]))
     (outside / "secret.jpg").write_bytes(secret)
@@ -469,7 +461,7 @@ URL_TRICKS = [
 
 @pytest.mark.parametrize("url", URL_TRICKS)
 def test_url_tricks_are_refused(deployment, url):
-    settings, _, _, _, _ = deployment
+    settings = deployment.settings
     app = create_app({"SETTINGS": replace(settings, allow_private_urls=False), "TESTING": True})
     response = app.test_client().post("/api/v1/search", json={"url": url})
     assert response.status_code == 400, response.json

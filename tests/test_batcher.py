@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from services.modelserver.batcher import Batcher
+from modelserver.batcher import Batcher
 
 
 class Recorder:

@@ -19,7 +19,7 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from gateway import create_app
-from services import transforms
+from evaluation import transforms
 from services.store import Store, image_id
 from tests.conftest import ROOT, imagenet_label, serving_image
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job

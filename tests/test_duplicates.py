@@ -8,7 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from services.duplicate_store import DuplicateStore
+from services.store.duplicates import DuplicateStore
 from services.duplicates.grouping import MAX_HOPS, Pair, group_pairs
 from services.duplicates.keepers import RULES, choose_keeper
 

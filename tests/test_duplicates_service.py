@@ -13,8 +13,8 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from gateway import create_app
-from services import transforms
-from services.cli_duplicates import duplicates_cmd
+from evaluation import transforms
+from cli.duplicates import duplicates_cmd
 from services.store import Store, image_id
 from tests.test_browser import browser  # noqa: F401  (the headless Chromium fixture)
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
@@ -36,7 +36,7 @@ def copy_bytes(photo, edit: str) -> bytes:
     return transforms.to_jpeg_bytes(transforms.TRANSFORMS[edit](open_rgb(photo)), 90)
 
 
-class Deployment:
+class Collection:
     def __init__(self, settings, base: str, store: Store, worker: WorkerProcess):
         self.settings, self.base, self.store, self.worker = settings, base, store, worker
         self.api = base + "/api/v1"
@@ -73,7 +73,7 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path, model_server, photos):
+def collection(tmp_path, model_server, photos):
     """12 photos plus edited copies of four of them, indexed; the gateway on a real port."""
     settings = isolated_settings(tmp_path, model_server, api_token=TOKEN)
     worker = WorkerProcess(settings, tmp_path, concurrency=2)
@@ -84,7 +84,7 @@ def deployment(tmp_path, model_server, photos):
     store = Store.from_settings(settings)
     try:
         worker.wait_ready()
-        d = Deployment(settings, f"http://127.0.0.1:{server.server_port}", store, worker)
+        d = Collection(settings, f"http://127.0.0.1:{server.server_port}", store, worker)
         files = [(p.name, p.read_bytes()) for p in photos[:12]]
         files += [(f"{photos[n].stem}-{edit}.jpg", copy_bytes(photos[n], edit))
                   for n, edits in PLANTED.items() for edit in edits]
@@ -110,8 +110,8 @@ def planted_groups(photos) -> list[set[str]]:
             for n, edits in PLANTED.items()]
 
 
-def test_scan_resolve_and_rescan_through_the_api(deployment, photos):
-    d = deployment
+def test_scan_resolve_and_rescan_through_the_api(collection, photos):
+    d = collection
     job = d.scan()
     assert (job["kind"], job["total"], job["done"], job["failed"]) == ("duplicates", 18, 18, 0)
     groups = d.groups()
@@ -180,8 +180,8 @@ def test_scan_resolve_and_rescan_through_the_api(deployment, photos):
     assert d.get("/duplicates/export", format="xml").status_code == 400
 
 
-def test_cli_scans_summarises_exports_and_resolves(deployment, photos, tmp_path):
-    d = deployment
+def test_cli_scans_summarises_exports_and_resolves(collection, photos, tmp_path):
+    d = collection
     runner = CliRunner()
     out = tmp_path / "dups.csv"
     common = ["--gateway", d.base, "--token", TOKEN]
@@ -207,9 +207,9 @@ def test_cli_scans_summarises_exports_and_resolves(deployment, photos, tmp_path)
     assert bad.exit_code != 0 and "HTTP 401" in bad.output
 
 
-def test_review_page_in_chromium(deployment, browser, photos):
+def test_review_page_in_chromium(collection, browser, photos):
     from tests.test_browser import wait_until
-    d = deployment
+    d = collection
     d.scan()
     driver = browser
     driver.get(d.base + "/duplicates?limit=2")
@@ -280,9 +280,9 @@ def test_lost_scan_messages_are_sent_again(tmp_path, model_server):
     sent again; the job ends with its groups. Synthetic vectors written as ingest would."""
     import numpy as np
 
-    from services.duplicate_store import DuplicateStore
-    from worker.celery_app import INGEST_QUEUE, make_celery
-    from worker.jobs import submit_duplicate_scan
+    from services.store.duplicates import DuplicateStore
+    from services.broker import INGEST_QUEUE, SCAN_RANGE_TASK, make_celery
+    from services.jobs import submit_duplicate_scan
 
     settings = isolated_settings(tmp_path, model_server, task_visibility_timeout_s=2)
     store, app = Store.from_settings(settings), make_celery(settings)
@@ -322,7 +322,7 @@ def test_lost_scan_messages_are_sent_again(tmp_path, model_server):
         store.create_job("lost-range", None, "duplicates")
         store.save_job_chunks("lost-range", [[r] for r in ranges] + [[{"key": "grouping", "grouping": True, "scan_upto": seq}]])
         store.start_job("lost-range", total=5)
-        app.send_task("worker.tasks.scan_duplicates_range", args=["lost-range", *[ranges[1][k] for k in ("after", "upto", "count", "scan_upto")]])
+        app.send_task(SCAN_RANGE_TASK, args=["lost-range", *[ranges[1][k] for k in ("after", "upto", "count", "scan_upto")]])
         job = wait_for_job(store, "lost-range", timeout_s=60, workers=workers)
         assert (job["state"], job["done"], job["resent"]) >= ("done", 5, 1), job
         groups = DuplicateStore(store).list_groups()[0]

@@ -27,7 +27,7 @@ from tests.workers import (
     wait_for_job,
 )
 from worker.celery_app import make_celery
-from worker.jobs import request_rebuild, submit_job
+from services.jobs import request_rebuild, submit_job
 
 MODEL_KEY = "effnet_lite0:1"
 

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from gateway import create_app
-from services import transforms
+from evaluation import transforms
 from services.store import Store, image_id
 from tests.conftest import free_port, imagenet_label, serving_image
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
+from tests.workers import wait_for_job
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -22,32 +22,21 @@ def open_rgb(path) -> Image.Image:
         return im.convert("RGB")
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory, model_server, photos):
-    """One indexed deployment for the module: the 20 photos in class folders, a worker running."""
-    tmp = tmp_path_factory.mktemp("gateway")
-    settings = isolated_settings(tmp, model_server, api_token=TOKEN, max_upload_mb=2)
-    worker = WorkerProcess(settings, tmp, concurrency=2)
-    worker.wait_ready()
-    tree = tmp / "photos"
+DEPLOYMENT = {"api_token": TOKEN, "max_upload_mb": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def indexed(deployment, photos):
+    """The 20 photos indexed once for the module, in class folders."""
+    tree = deployment.tmp / "photos"
     for p in photos:
         folder = tree / f"class_{imagenet_label(p):03d}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / p.name).write_bytes(p.read_bytes())
-    app = create_app({"SETTINGS": settings, "TESTING": True})
-    client = app.test_client()
-    response = client.post("/api/v1/jobs", json={"directory": str(tree)}, headers=AUTH)
+    response = deployment.client().post("/api/v1/jobs", json={"directory": str(tree)}, headers=AUTH)
     assert response.status_code == 202, response.json
-    job = wait_for_job(Store.from_settings(settings), response.json["job_id"], workers=[worker])
+    job = wait_for_job(Store.from_settings(deployment.settings), response.json["job_id"], workers=[deployment.worker])
     assert (job["done"], job["failed"]) == (20, 0)
-    yield settings, app, worker
-    worker.stop()
-    drop_keys(settings)
-
-
-@pytest.fixture
-def client(deployment):
-    return deployment[1].test_client()
 
 
 def upload(client, data: bytes, path="/api/v1/search", name="q.jpg", headers=None, **form):
@@ -82,7 +71,7 @@ def test_search_by_image_id_and_by_url(client, photos):
 
 
 def test_upload_then_metadata_thumbnail_content_and_delete(deployment, client, photos):
-    settings, _, worker = deployment
+    settings, worker = deployment.settings, deployment.worker
     im = open_rgb(photos[7]).rotate(90, expand=True)  # a new image, not a copy of the indexed one
     data = transforms.to_jpeg_bytes(im)
     iid = image_id(data)
@@ -136,7 +125,7 @@ def test_jobs_progress_and_listing(client, deployment):
       "content_type": "multipart/form-data"}, 415, "unsupported_format"),
 ])
 def test_bad_search_input_gets_a_json_4xx(deployment, request_kwargs, status, code):
-    settings, app, _ = deployment
+    settings = deployment.settings
     client = create_app({"SETTINGS": replace(settings, allow_private_urls=False), "TESTING": True}).test_client()
     response = client.post("/api/v1/search", **request_kwargs)
     assert response.status_code == status, response.data
@@ -166,7 +155,7 @@ def test_auth_size_limit_and_routing_errors(client, photos):
 
 
 def test_model_server_down_gives_503_and_recovery(deployment, photos):
-    settings, _, _ = deployment
+    settings = deployment.settings
     down = create_app({"SETTINGS": replace(settings, model_server=f"127.0.0.1:{free_port()}", model_timeout_s=1),
                        "TESTING": True}).test_client()
     response = upload(down, photos[0].read_bytes())
@@ -193,7 +182,7 @@ def test_health_metrics_and_page(client):
 
 def test_openapi_describes_exactly_the_routes(client, deployment):
     spec = client.get("/api/v1/openapi.json").json
-    app = deployment[1]
+    app = deployment.app
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/v1"):

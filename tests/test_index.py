@@ -9,7 +9,7 @@ from uuid import uuid4
 import numpy as np
 import pytest
 
-import services.index as index_mod
+import services.index.builder as index_mod
 from services.index import (IndexLoadError, Searcher, build_index, find_near_duplicate, load_index,
                             request_build, run_coalesced_build)
 

@@ -13,14 +13,14 @@ import pytest
 import requests
 from PIL import Image
 
-from services import transforms
+from evaluation import transforms
 from services.store import image_id
 from tests.conftest import ROOT, free_port, imagenet_label
 from tests.workers import drop_keys, isolated_settings, settings_env
 
 
 def vsearch(*args, env, cwd, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -30,7 +30,7 @@ def up(tmp_path, model_base):
     settings = isolated_settings(tmp_path, f"127.0.0.1:{free_port()}", model_base=model_base)
     env = settings_env(settings) | {"VSEARCH_GATEWAY_URL": f"http://127.0.0.1:{port}", "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "up.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--port", str(port), "--concurrency", "2"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port), "--concurrency", "2"],
                             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while "vsearch is up" not in (tmp_path / "up.log").read_text():

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from PIL import Image, ImageEnhance, ImageOps
 
 from services import images
-from services import robust_search as robust
-from services.quality import metrics
-from services.quality.harness import rank_from_scores
+from services import copy_detection as robust
+from evaluation import metrics
+from evaluation.harness import rank_from_scores
 
 
 # -- metrics on tiny rankings ---------------------------------------------------------------------
@@ -138,14 +138,14 @@ def small_set(tmp_path, photos):
 
 
 def test_eval_command_end_to_end(small_set, tmp_path, model_server, monkeypatch):
-    from services.quality import harness
+    from evaluation import harness
     from services.tfs_client import ModelClient
     monkeypatch.setattr(harness, "ANNOY_SETTINGS", ((4, 1),))
     transforms = {name: harness.TRANSFORMS[name] for name in ("mirror", "rotate30", "crop50")}
     monkeypatch.setattr(harness, "TRANSFORMS", transforms)
     monkeypatch.setattr(harness, "EXTRA_TRANSFORMS", {"border": harness.border})
     out = tmp_path / "out"
-    result = CliRunner().invoke(__import__("services.cli", fromlist=["main"]).main,
+    result = CliRunner().invoke(__import__("cli.main", fromlist=["main"]).main,
                                 ["eval", str(small_set), "--out", str(out), "--model-server", model_server,
                                  "--no-seed", "--no-plots"])
     assert result.exit_code == 0, result.output

@@ -20,7 +20,7 @@ from PIL import Image
 from gateway import auth, create_app
 from services.store import Store, image_id
 from tests.conftest import QuietHandler
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
+from tests.workers import wait_for_job
 
 TOKEN = "tok-3b9f2a7c1d5e8f60"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,20 +49,7 @@ class Photo(QuietHandler):
         self.send(200, self.body)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory, model_server):
-    tmp = tmp_path_factory.mktemp("security")
-    settings = isolated_settings(tmp, model_server, api_token=TOKEN, max_upload_mb=1, max_urls_per_job=5)
-    worker = WorkerProcess(settings, tmp, concurrency=2)
-    worker.wait_ready()
-    yield settings, create_app({"SETTINGS": settings, "TESTING": True}), worker
-    worker.stop()
-    drop_keys(settings)
-
-
-@pytest.fixture
-def client(deployment):
-    return deployment[1].test_client()
+DEPLOYMENT = {"api_token": TOKEN, "max_upload_mb": 1, "max_urls_per_job": 5}
 
 
 WRITES = [("post", "/api/v1/images", {"json": {"url": "http://example.com/x.jpg"}}),
@@ -102,7 +89,7 @@ def test_reads_and_search_need_no_token(client):
 
 
 def test_no_token_and_no_image_bytes_in_logs(deployment, client, photos, caplog):
-    settings, _, worker = deployment
+    settings, worker = deployment.settings, deployment.worker
     upload = photo_bytes(photos[2])
     fetched = photo_bytes(photos[3])
     Photo.body = fetched
@@ -174,7 +161,7 @@ def test_request_size_urls_per_job_and_k_are_limited(client):
 
 
 def test_errors_never_leak_internals(deployment):
-    settings, _, _ = deployment
+    settings = deployment.settings
     broken = create_app({"SETTINGS": replace(settings, redis_url="redis://:s3cretpw@127.0.0.1:1/0"),
                          "TESTING": True}).test_client()
     response = broken.get("/api/v1/jobs")

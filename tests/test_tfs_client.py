@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from services.protos import tfserving_pb2 as pb
-from services.tfs_client import _parse_metadata, build_predict_request, tensor_to_array
+from services.model_contract import tensor_to_array
+from services.tfs_client import _parse_metadata, build_predict_request
 from tests.conftest import ROOT
 
 tf = pytest.importorskip("tensorflow")

@@ -9,16 +9,17 @@ import pytest
 import requests
 from PIL import Image, ImageEnhance
 
-from services import transforms
+from evaluation import transforms
 from services.images import load_for_model
 from services.index import Searcher
 from services.store import Store, image_id
 from services.tfs_client import ModelClient
 from tests.conftest import free_port, imagenet_label
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
-from worker.celery_app import INGEST_QUEUE, make_celery
+from services.broker import INGEST_QUEUE
+from worker.celery_app import make_celery
 from worker.ingest import Item
-from worker.jobs import submit_job
+from services.jobs import submit_job
 
 
 @pytest.fixture
@@ -190,7 +191,7 @@ def test_messages_lost_with_a_worker_are_sent_again(env, photos, tmp_path):
 
 def test_index_rebuilds_come_when_fresh_items_reach_half_the_index(store):
     """Between 2,000 and 10,000 fresh items: the build work of a job grows with what it adds."""
-    from worker.tasks import _rebuild_due
+    from worker.planning import rebuild_due
     model, added = "m:1", 0
 
     def add(n):
@@ -206,16 +207,16 @@ def test_index_rebuilds_come_when_fresh_items_reach_half_the_index(store):
                                     "n_trees": 1})
 
     add(1999)
-    assert not _rebuild_due(store, model)  # no index yet: the minimum
+    assert not rebuild_due(store, model)  # no index yet: the minimum
     add(1)
-    assert _rebuild_due(store, model)
+    assert rebuild_due(store, model)
     publish(10_000)
     add(4999)
-    assert not _rebuild_due(store, model)  # half of 10,000
+    assert not rebuild_due(store, model)  # half of 10,000
     add(1)
-    assert _rebuild_due(store, model)
+    assert rebuild_due(store, model)
     publish(100_000)
     add(9999)
-    assert not _rebuild_due(store, model)  # the maximum
+    assert not rebuild_due(store, model)  # the maximum
     add(1)
-    assert _rebuild_due(store, model)
+    assert rebuild_due(store, model)

@@ -14,7 +14,7 @@ import redis
 import requests
 
 from services.config import PREFIX, Settings
-from services.modelserver.process import free_port, stop_process
+from modelserver.process import free_port, stop_process
 from tests.conftest import ROOT
 
 TEST_REDIS_URL = os.environ.get("VSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -59,7 +59,7 @@ class WorkerProcess:
         self.log_path = log_dir / f"{self.name}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "worker", "-Q", queues, "-c", str(concurrency),
+            [sys.executable, "-m", "cli.main", "worker", "-Q", queues, "-c", str(concurrency),
              "-n", f"{self.name}@%h"],
             cwd=ROOT, env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT)
 

@@ -11,7 +11,8 @@ from celery import shared_task
 from celery.utils.log import get_task_logger
 
 from services import context
-from services.duplicate_store import DuplicateStore
+from services.broker import SCAN_DUPLICATES_TASK, SCAN_GROUPING_TASK, SCAN_RANGE_TASK
+from services.store.duplicates import DuplicateStore
 from services.duplicates import scan
 from services.duplicates.judge import LayoutJudge
 from worker.tasks import REDIS_DOWN, _redeliver_when_redis_is_down
@@ -20,7 +21,7 @@ logger = get_task_logger(__name__)
 GROUPING_ITEM = "grouping"
 
 
-@shared_task(name="worker.tasks.scan_duplicates", acks_late=True)
+@shared_task(name=SCAN_DUPLICATES_TASK, acks_late=True)
 @_redeliver_when_redis_is_down
 def scan_duplicates(job_id: str, full: bool = False) -> int:
     ctx = context.get_context()
@@ -40,7 +41,7 @@ def scan_duplicates(job_id: str, full: bool = False) -> int:
     return len(ranges)
 
 
-@shared_task(name="worker.tasks.scan_duplicates_range", acks_late=True)
+@shared_task(name=SCAN_RANGE_TASK, acks_late=True)
 @_redeliver_when_redis_is_down
 def scan_duplicates_range(job_id: str, after: int, upto: int, count: int, scan_upto: int) -> int:
     ctx = context.get_context()
@@ -52,7 +53,7 @@ def scan_duplicates_range(job_id: str, after: int, upto: int, count: int, scan_u
     return found
 
 
-@shared_task(name="worker.tasks.scan_duplicates_group", acks_late=True)
+@shared_task(name=SCAN_GROUPING_TASK, acks_late=True)
 @_redeliver_when_redis_is_down
 def scan_duplicates_group(job_id: str, scan_upto: int) -> None:
     """The grouping step on its own: what worker.watchdog sends when the task that should have

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services import files, images, robust_search
+from services import files, images, copy_detection
 from services.context import Context
 from services.index import near_duplicate
 from services.sources import SourceError, fetch_with_settings
@@ -93,7 +93,7 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
         with MODEL_SECONDS.time():
             vectors = ctx.model.embed(batch)
         BATCH_IMAGES.observe(len(ready))
-        ctx.store.put_layouts(info.key, [d.image_id for d in ready], robust_search.index_layouts(batch))
+        ctx.store.put_layouts(info.key, [d.image_id for d in ready], copy_detection.index_layouts(batch))
         near = _store_vectors(ctx, job_id, ready, vectors, info.key, updates)
     store.job_progress_many(job_id, updates)
     _remove_incoming(ctx, items)

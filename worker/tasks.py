@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over `worker.ingest` and `services.index`.
+"""Celery tasks: thin wrappers over `worker.planning`, `worker.ingest` and `services.index`.
 
 Tasks get ids, paths and URLs, never image bytes. Everything is idempotent, so tasks are acked
 late; a model server that is down is retried with backoff, a Redis that is down makes the task's
@@ -8,9 +8,7 @@ is reported in the job.
 from __future__ import annotations
 
 import functools
-import shutil
 import time
-from pathlib import Path
 
 import kombu.exceptions
 import redis
@@ -23,18 +21,15 @@ from services import sources
 from services.index import request_build, run_coalesced_build
 from services.tfs_client import ModelServerError, ModelServerUnavailable
 from services import context
+from services.broker import BUILD_INDEX_TASK, INGEST_TASK, START_JOB_TASK
+from services.jobs import request_rebuild
 from worker.ingest import Item, ingest_chunk
-from worker.jobs import request_rebuild
+from worker.planning import plan_job, rebuild_due
 
 logger = get_task_logger(__name__)
 TRANSIENT = (ModelServerUnavailable,)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
 REDIS_BACKOFF_S = 2.0
-# Fresh items (embedded since the last build) are searchable at once by exact search, a cost to
-# every query that grows with their number; a build costs the whole index. Building when the fresh
-# items reach half the index, kept within these bounds, makes the build work of a job grow with what
-# it adds: a job of 30,000 images into an empty index builds 6 times, not 15 (docs/benchmarks.md).
-REBUILD_PENDING_MIN, REBUILD_PENDING_MAX = 2000, 10000
 
 
 @worker_process_init.connect
@@ -57,7 +52,7 @@ def _redeliver_when_redis_is_down(run):
     return wrapper
 
 
-@shared_task(bind=True, name="worker.tasks.ingest", acks_late=True, autoretry_for=TRANSIENT,
+@shared_task(bind=True, name=INGEST_TASK, acks_late=True, autoretry_for=TRANSIENT,
              retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=10)
 @_redeliver_when_redis_is_down
 def ingest(self, job_id: str, items: list[dict]) -> dict:
@@ -84,17 +79,11 @@ def _fail_items(ctx, job_id: str, items: list[dict], error: str) -> dict:
 def _maybe_rebuild(ctx, job_id: str) -> None:
     job = ctx.store.get_job(job_id)
     finished = job is not None and job["state"] in ("done", "failed")
-    if finished or _rebuild_due(ctx.store, ctx.model_key):
+    if finished or rebuild_due(ctx.store, ctx.model_key):
         request_rebuild(current_app, ctx.store, ctx.model_key)
 
 
-def _rebuild_due(store, model_key: str) -> bool:
-    info = store.get_index_info(model_key) or {}
-    threshold = min(max(info.get("count", 0) // 2, REBUILD_PENDING_MIN), REBUILD_PENDING_MAX)
-    return store.pending_count(model_key, info) >= threshold
-
-
-@shared_task(bind=True, name="worker.tasks.build_index", acks_late=True, autoretry_for=TRANSIENT,
+@shared_task(bind=True, name=BUILD_INDEX_TASK, acks_late=True, autoretry_for=TRANSIENT,
              retry_backoff=2, max_retries=10)
 @_redeliver_when_redis_is_down
 def build_index(self, model_key: str) -> list[dict]:
@@ -115,7 +104,7 @@ def build_index(self, model_key: str) -> list[dict]:
     return builds
 
 
-@shared_task(name="worker.tasks.start_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2,
+@shared_task(name=START_JOB_TASK, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2,
              max_retries=10)
 @_redeliver_when_redis_is_down
 def start_job(job_id: str, spec: dict) -> int:
@@ -128,65 +117,16 @@ def start_job(job_id: str, spec: dict) -> int:
     if job is None or job["state"] != "queued":
         return 0
     try:
-        items, skipped = _list_items(ctx, job_id, spec)
+        chunks, skipped = plan_job(ctx, job_id, spec)
     except sources.SourceError as exc:
         ctx.store.fail_job(job_id, exc.message)
         return 0
-    keys = _distinct([item.key for item in items] + [key for key, _ in skipped])
-    for item, key in zip(items, keys):
-        item.key = key
-    skipped = [(key, error) for key, (_, error) in zip(keys[len(items):], skipped)]
-    size = ctx.settings.ingest_chunk
-    chunks = [[item.to_json() for item in items[i:i + size]] for i in range(0, len(items), size)]
     ctx.store.save_job_chunks(job_id, chunks)
-    ctx.store.start_job(job_id, total=len(items) + len(skipped), failures=skipped)
+    ctx.store.start_job(job_id, total=sum(map(len, chunks)) + len(skipped), failures=skipped)
     for chunk in chunks:
         ingest.delay(job_id, chunk)
-    if not items:
+    if not chunks:
         _maybe_rebuild(ctx, job_id)
-    return len(items)
+    return sum(map(len, chunks))
 
 
-def _distinct(keys: list[str]) -> list[str]:
-    """The keys made unique ("k", "k (2)"...): a job counts each key once, so two archive members
-    of one name (zip allows it) or a URL listed twice must not share one, or the job never ends."""
-    used, out = set(), []
-    for key in keys:
-        unique, n = key, 1
-        while unique in used:
-            n += 1
-            unique = f"{key} ({n})"
-        used.add(unique)
-        out.append(unique)
-    return out
-
-
-def _list_items(ctx, job_id: str, spec: dict) -> tuple[list[Item], list[tuple[str, str]]]:
-    kind, s = spec["kind"], ctx.settings
-    if kind == "items":  # uploads already saved by the gateway
-        return [Item(**i) for i in spec["items"]], []
-    if kind == "urls":
-        # Credentials in a URL are used to fetch it, never shown (job errors, image metadata).
-        return [Item(key=sources.redact_url(url), source=sources.redact_url(url), url=url, label=spec.get("label"))
-                for url in spec["urls"]], []
-    if kind == "directory":
-        found = sources.iter_directory(spec["directory"], s.allowed_roots)
-        return [Item(key=str(f.path), source=str(f.path), path=str(f.path), label=f.label) for f in found], []
-    if kind == "archive":
-        return _extract(ctx, job_id, Path(spec["path"]), spec.get("name") or Path(spec["path"]).name)
-    raise ValueError(f"unknown job kind {kind!r}")
-
-
-def _extract(ctx, job_id: str, archive: Path, name: str):
-    s = ctx.settings
-    dest = ctx.settings.data_dir / "incoming" / f"job-{job_id}"
-    if dest.exists():  # a redelivered start: extract again from scratch
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    result = sources.extract_archive(archive, dest, max_members=s.max_archive_members,
-                                     max_total_bytes=s.max_archive_mb * 1024 * 1024,
-                                     max_member_bytes=s.max_upload_mb * 1024 * 1024)
-    items = [Item(key=f"{name}:{m.member}", source=f"{name}:{m.member}", path=str(m.path), label=m.label)
-             for m in result.items]
-    skipped = [(f"{name}:{member}", error) for member, error in result.skipped]
-    return items, skipped

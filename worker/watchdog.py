@@ -20,7 +20,9 @@ from kombu.exceptions import ChannelError
 
 from services import context
 from services.store import Store
-from worker.celery_app import INGEST_QUEUE
+from services.broker import (
+    INGEST_QUEUE, INGEST_TASK, SCAN_DUPLICATES_TASK, SCAN_GROUPING_TASK, SCAN_RANGE_TASK, START_JOB_TASK,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,8 @@ def resend_lost_work(app: Celery, store: Store, stall_s: float) -> dict[str, int
 def _start_message(job_id: str, spec: dict) -> tuple[str, list]:
     """The task that starts a job of this spec, and its arguments."""
     if spec["kind"] == "duplicates":
-        return "worker.tasks.scan_duplicates", [job_id, spec.get("full", False)]
-    return "worker.tasks.start_job", [job_id, spec]
+        return SCAN_DUPLICATES_TASK, [job_id, spec.get("full", False)]
+    return START_JOB_TASK, [job_id, spec]
 
 
 def _chunk_message(job_id: str, items: list[dict]) -> tuple[str, list]:
@@ -60,9 +62,9 @@ def _chunk_message(job_id: str, items: list[dict]) -> tuple[str, list]:
     if len(items) == 1 and "scan_upto" in items[0]:
         r = items[0]
         if r.get("grouping"):
-            return "worker.tasks.scan_duplicates_group", [job_id, r["scan_upto"]]
-        return "worker.tasks.scan_duplicates_range", [job_id, r["after"], r["upto"], r["count"], r["scan_upto"]]
-    return "worker.tasks.ingest", [job_id, items]
+            return SCAN_GROUPING_TASK, [job_id, r["scan_upto"]]
+        return SCAN_RANGE_TASK, [job_id, r["after"], r["upto"], r["count"], r["scan_upto"]]
+    return INGEST_TASK, [job_id, items]
 
 
 def _waiting_messages(app: Celery) -> int:

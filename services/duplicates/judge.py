@@ -3,7 +3,7 @@ edited copy: crop, mirror, overlay, colour...), `similar` (another picture; neve
 
 A scan asks a `Judge` about many pairs at once; anything with `judge(pairs) -> [Verdict]` plugs in.
 `LayoutJudge` reads what ingest stored for each image (the embedding and the layouts of
-services/robust_search.py) and decides like the search's re-rank: the cosine plus a bonus when the
+services/copy_detection.py) and decides like the search's re-rank: the cosine plus a bonus when the
 layouts match, a layout being compared whole, mirrored, and against the other image's centre crops
 (which also tells which image contains the other).
 """
@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services import robust_search
+from services import copy_detection
 from services.store import Store
 
 EXACT_COSINE = 0.985  # same picture: embeddings and layouts all but equal
@@ -35,7 +35,7 @@ class Judge(Protocol):
 
 
 def _mirror(layouts: np.ndarray) -> np.ndarray:
-    side = robust_search.LAYOUT_SIDE
+    side = copy_detection.LAYOUT_SIDE
     return layouts.reshape(*layouts.shape[:-1], side, side)[..., ::-1].reshape(layouts.shape)
 
 
@@ -47,7 +47,7 @@ class LayoutJudge:
         if not pairs:
             return []
         ids = sorted({x for pair in pairs for x in pair})
-        shape = (len(robust_search.LAYOUT_VIEWS), robust_search.LAYOUT_SIDE ** 2)
+        shape = (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE ** 2)
         found, emb, layouts = self.store.get_vectors_and_layouts(self.model_key, ids, shape)
         row = {iid: i for i, iid in enumerate(found)}
         known = [(row[a], row[b]) for a, b in pairs if a in row and b in row]
@@ -66,8 +66,8 @@ class LayoutJudge:
         b_holds_a = np.maximum(np.einsum("pvd,pd->pv", lb[:, 1:], la[:, 0]),
                                np.einsum("pvd,pd->pv", lb[:, 1:], _mirror(la[:, 0]))).max(1)
         layout = np.maximum(whole, np.maximum(a_holds_b, b_holds_a))
-        t = robust_search.LAYOUT_THRESHOLD
-        score = cosine + robust_search.LAYOUT_BONUS * np.maximum(0.0, layout - t) / (1.0 - t)
+        t = copy_detection.LAYOUT_THRESHOLD
+        score = cosine + copy_detection.LAYOUT_BONUS * np.maximum(0.0, layout - t) / (1.0 - t)
         out = []
         for c, s, w, ab, ba in zip(cosine, score, whole, a_holds_b, b_holds_a):
             verdict = ("exact" if c >= EXACT_COSINE and w >= EXACT_LAYOUT

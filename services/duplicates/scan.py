@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from services.duplicate_store import DuplicateStore
+from services.store.duplicates import DuplicateStore
 from services.duplicates import keepers
 from services.duplicates.grouping import Group, Pair, group_pairs
 from services.duplicates.judge import Judge

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance
 
-from services import images, transforms
-from services.quality.dataset import load
+from evaluation import transforms
+from services import images
+from evaluation.dataset import load
 
 # Different pictures of one scene in the evaluation set (file names without the class folder).
 NATURAL_SIMILAR = [("opencv_data_aloeL.jpg", "opencv_data_aloeR.jpg"),

@@ -14,10 +14,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from services.modelserver.batcher import Batcher
+from modelserver.batcher import Batcher
+from services.model_contract import SIGNATURE
 
 log = logging.getLogger(__name__)
-SIGNATURE = "serving_default"
 
 
 class ServableNotFound(LookupError):

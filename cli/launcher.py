@@ -22,7 +22,7 @@ import redis
 import requests
 
 from services.config import PREFIX, Settings
-from services.modelserver.process import free_port
+from modelserver.process import free_port
 
 log = logging.getLogger("vsearch.up")
 
@@ -114,7 +114,7 @@ class Launcher:
         log.info("started %s (pid %d), log: %s", role.name, role.proc.pid, logs / f"{role.name}.log")
 
     def start(self) -> None:
-        s, py = self.settings, [sys.executable, "-m", "services.cli"]
+        s, py = self.settings, [sys.executable, "-m", "cli.main"]
         host, _, port = s.model_server.rpartition(":")
         if host in ("127.0.0.1", "localhost", "0.0.0.0") and not _port_open("127.0.0.1", int(port)):
             self._add(Role("model-server", py + ["model-server", "--model-base", str(s.model_base),

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
-GATEWAY = click.option("--gateway", envvar="VSEARCH_GATEWAY_URL", help="Gateway URL [VSEARCH_GATEWAY_URL].")
-TOKEN = click.option("--token", envvar="VSEARCH_API_TOKEN", help="API token [VSEARCH_API_TOKEN].")
+from cli.client_commands import GATEWAY, TOKEN, _client
+from cli.common import fail
+from cli.progress import wait_with_bar
+
 RULES = ("most_pixels", "largest_file", "oldest", "newest")
 
 
@@ -52,17 +54,16 @@ def summary(groups: list[dict]) -> list[str]:
 @TOKEN
 def duplicates_cmd(tier, status, scan, full, csv_path, rule, delete_others, yes, show, gateway, token):
     """Find the collection's duplicate groups; export or resolve them."""
-    from services.api_client import ApiError
-    from services.cli_client import _client, _fail, _follow_bar
+    from cli.api_client import ApiError
     if delete_others and not rule:
         raise click.UsageError("--delete-others goes with --resolve RULE")
     client = _client(gateway, token)
     try:
         if scan:
             job_id = client.scan_duplicates(full)["job_id"]
-            job = _follow_bar(client, job_id, "scan", "img")
+            job = wait_with_bar(client, job_id, "scan", "img")
             if job["state"] == "failed":
-                _fail(RuntimeError(f"the scan failed: {job['errors'][-1]['error'] if job['errors'] else job_id}"))
+                fail(RuntimeError(f"the scan failed: {job['errors'][-1]['error'] if job['errors'] else job_id}"))
         groups = client.all_duplicates(tier, status)
         for line in summary(groups):
             click.echo(line)
@@ -81,7 +82,7 @@ def duplicates_cmd(tier, status, scan, full, csv_path, rule, delete_others, yes,
         if rule:
             _resolve_all(client, [g for g in groups if g["status"] == "open"], rule, delete_others, yes)
     except (ApiError, OSError, TimeoutError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _resolve_all(client, groups: list[dict], rule: str, delete_others: bool, yes: bool) -> None:

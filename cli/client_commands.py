@@ -2,27 +2,24 @@
 resize and features (local, no gateway)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from services.cli import _settings, main
+from cli.common import fail as _fail, settings as _settings
+from cli.progress import follow
 
 GATEWAY = click.option("--gateway", envvar="VSEARCH_GATEWAY_URL", help="Gateway URL [VSEARCH_GATEWAY_URL].")
 TOKEN = click.option("--token", envvar="VSEARCH_API_TOKEN", help="API token [VSEARCH_API_TOKEN].")
 
 
 def _client(gateway: str | None, token: str | None):
-    from services.api_client import GatewayClient
+    from cli.api_client import GatewayClient
     return GatewayClient(gateway or _settings().gateway_url, token)
 
 
-def _fail(exc: Exception):
-    raise click.ClickException(str(exc)) from None
 
-
-@main.command("index")
+@click.command("index")
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--label", help="Label for single files or URLs.")
 @click.option("--no-wait", is_flag=True, help="Enqueue and return the job ids.")
@@ -30,7 +27,7 @@ def _fail(exc: Exception):
 @TOKEN
 def index_cmd(targets, label, no_wait, gateway, token):
     """Index directories (folder-per-class trees record the class as label), files or URLs."""
-    from services.api_client import ApiError, split_targets
+    from cli.api_client import ApiError, split_targets
     client = _client(gateway, token)
     try:
         urls, dirs, files = split_targets(targets)
@@ -49,40 +46,14 @@ def index_cmd(targets, label, no_wait, gateway, token):
             click.echo("\n".join(job_ids))
             return
         for job_id in job_ids:
-            _follow(client, job_id)
+            follow(client, job_id)
     except (ApiError, OSError, TimeoutError) as exc:
         _fail(exc)
 
 
-def _follow_bar(client, job_id: str, what: str = "job", unit: str = "img") -> dict:
-    """Wait for a job with a progress bar; returns the finished job."""
-    from tqdm import tqdm
-    with tqdm(desc=f"{what} {job_id[:8]}", unit=unit, dynamic_ncols=True) as bar:
-        def show(job):
-            if job["total"] is not None:
-                bar.total = job["total"]
-            bar.n = job["done"] + job["failed"]
-            bar.set_postfix(failed=job["failed"], refresh=False)
-            bar.refresh()
-        return client.wait(job_id, show)
 
 
-def _follow(client, job_id: str) -> None:
-    job = _follow_bar(client, job_id)
-    indexed = job["done"] - job.get("duplicates", 0)
-    click.echo(f"job {job_id}: {job['state']}: {indexed} indexed, {job.get('duplicates', 0)} duplicates "
-               f"(already indexed), {job.get('near_duplicates', 0)} near-duplicates, {job['failed']} failed")
-    for near in job.get("near_duplicate_items", [])[:20]:
-        click.echo(f"  near-duplicate: {near['item']} looks like {near['near_duplicate_of'][:12]}")
-    for error in job["errors"][:20]:
-        click.echo(f"  failed: {error['item']}: {error['error']}")
-    if len(job["errors"]) > 20:
-        click.echo(f"  ... and {len(job['errors']) - 20} more (vsearch jobs {job_id})")
-    if job["state"] == "failed":
-        sys.exit(1)
-
-
-@main.command("search")
+@click.command("search")
 @click.option("--img-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--img-url")
 @click.option("--image-id")
@@ -93,38 +64,61 @@ def _follow(client, job_id: str) -> None:
 @TOKEN
 def search_cmd(img_file, img_url, image_id, k, out, local, gateway, token):
     """Find the indexed images that look like a query image."""
-    from services.api_client import ApiError
+    from cli.api_client import ApiError
     if sum(x is not None for x in (img_file, img_url, image_id)) != 1:
         raise click.UsageError("give exactly one of --img-file, --img-url, --image-id")
     try:
         if local:
-            from services.local_search import search_local
-            result = search_local(_settings(), img_file=img_file, img_url=img_url, image_id=image_id, k=k)
-            thumbnails = result.pop("thumbnails")
+            result, thumbnails = _search_local(img_file, img_url, image_id, k)
         else:
             client = _client(gateway, token)
             result = client.search_file(img_file, k) if img_file else \
                 client.search(url=img_url, k=k) if img_url else client.search(image_id=image_id, k=k)
             thumbnails = lambda iid: client.thumbnail(iid)  # noqa: E731
-    except (ApiError, OSError, ValueError, KeyError) as exc:
-        _fail(exc)
+    except Exception as exc:
+        if isinstance(exc, (ApiError, OSError, ValueError)) or _is_query_error(exc):
+            _fail(exc)
+        raise
     click.echo(f"{len(result['results'])} results in {result['took_ms']} ms (index v{result['index_version']})")
     for rank, hit in enumerate(result["results"], 1):
         click.echo(f"{rank:3d}  {hit['score']:.4f}  {hit['id'][:12]}  {hit.get('label') or '-':20}  {hit.get('source') or ''}")
     if out:
-        from services.result_row import result_row
+        from cli.result_row import result_row
         query = img_file.read_bytes() if img_file else None
         result_row(query, [(h, thumbnails(h["id"])) for h in result["results"]]).save(out)
         click.echo(f"wrote {out}")
 
 
-@main.command("jobs")
+
+def _search_local(img_file: Path | None, img_url: str | None, image_id: str | None, k: int):
+    """The gateway's query path in this process (services.search), answered in the API's shape."""
+    from services import files, search
+    from services.context import Context
+    settings = _settings()
+    data = img_file.read_bytes() if img_file else None
+    result = search.search(Context(settings), data=data, url=img_url, image_id=image_id, k=k)
+    hits = [{"id": h.id, "score": h.score, "match": h.match, "label": (h.record or {}).get("label"),
+             "source": (h.record or {}).get("source")} for h in result.hits]
+    answer = {"results": hits, "took_ms": result.took_ms, "index_version": result.index_version}
+    return answer, lambda iid: files.ensure_thumbnail(settings.data_dir, iid).read_bytes()
+
+
+def _is_query_error(exc: Exception) -> bool:
+    """The query path's own failures (bad image, URL, unknown id, model server): one clear line."""
+    from services.images import ImageError
+    from services.search import NotIndexed
+    from services.sources import SourceError
+    from services.tfs_client import ModelServerError
+    return isinstance(exc, (ImageError, NotIndexed, SourceError, ModelServerError))
+
+
+@click.command("jobs")
 @click.argument("job_id", required=False)
 @GATEWAY
 @TOKEN
 def jobs_cmd(job_id, gateway, token):
     """List recent jobs, or show one with its errors."""
-    from services.api_client import ApiError
+    from cli.api_client import ApiError
     client = _client(gateway, token)
     try:
         jobs = [client.job(job_id)] if job_id else client.jobs()
@@ -138,7 +132,7 @@ def jobs_cmd(job_id, gateway, token):
             click.echo(f"    {error['item']}: {error['error']}")
 
 
-@main.command("resize")
+@click.command("resize")
 @click.option("--input-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--width", type=int, default=227, show_default=True)
@@ -163,7 +157,7 @@ def resize_cmd(input_dir, output_dir, width, height):
     click.echo(f"resized {len(paths) - failed} images into {output_dir}; {failed} skipped")
 
 
-@main.command("features")
+@click.command("features")
 @click.option("--input-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output-feature-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output-image-name-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -171,14 +165,16 @@ def resize_cmd(input_dir, output_dir, width, height):
 @click.option("--batch-size", type=int, default=32, show_default=True)
 def features_cmd(input_dir, output_feature_file, output_image_name_file, model_server, batch_size):
     """Embed every image below a folder through the model server (the seed's myalexnet_feature)."""
-    from services.features import extract_features
+    from cli.features import extract_features
+    from services.tfs_client import ModelServerError
     settings = _settings()
     try:
         names, failed = extract_features(input_dir, output_feature_file, output_image_name_file,
                                          model_server or settings.model_server, settings.model_name, batch_size)
-    except Exception as exc:
-        if type(exc).__name__.startswith("ModelServer"):
-            _fail(exc)
-        raise
+    except ModelServerError as exc:
+        _fail(exc)
     click.echo(f"wrote {len(names)} features to {output_feature_file} and names to {output_image_name_file}; "
                f"{len(failed)} skipped")
+
+
+COMMANDS = [index_cmd, search_cmd, jobs_cmd, resize_cmd, features_cmd]

@@ -13,21 +13,18 @@ from concurrent import futures
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
     prediction_service_pb2_grpc,
 )
 
-from services.modelserver.registry import SIGNATURE, ModelRegistry, Servable, ServableNotFound
+from modelserver.registry import ModelRegistry, Servable, ServableNotFound
+from services.model_contract import SIGNATURE, TensorError, fill_tensor, tensor_to_array
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 MAX_REQUEST_BATCH = 1024
-
-_NUMPY_DTYPES = {types_pb2.DT_UINT8: np.uint8, types_pb2.DT_FLOAT: np.float32,
-                 types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64}
-
 
 class BadRequest(ValueError):
     pass
@@ -43,29 +40,8 @@ def _servable(registry: ModelRegistry, model_spec, context) -> Servable:
         context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
 
 
-def tensor_to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    dtype = _NUMPY_DTYPES.get(proto.dtype)
-    if dtype is None:
-        raise BadRequest(f"unsupported input dtype {types_pb2.DataType.Name(proto.dtype)}")
-    shape = [d.size for d in proto.tensor_shape.dim]
-    if proto.tensor_content:
-        flat = np.frombuffer(proto.tensor_content, dtype=dtype)
-    else:  # the typed repeated fields (uint8 travels in int_val)
-        values = proto.float_val if dtype == np.float32 else proto.int64_val if dtype == np.int64 else proto.int_val
-        flat = np.asarray(values, dtype=dtype)
-    if flat.size != int(np.prod(shape)):
-        raise BadRequest(f"tensor content has {flat.size} values, shape {shape} needs {int(np.prod(shape))}")
-    return flat.reshape(shape)
-
-
 def array_to_tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
-    dtype = {np.dtype(v): k for k, v in _NUMPY_DTYPES.items()}[array.dtype]
-    return tensor_pb2.TensorProto(
-        dtype=dtype,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]),
-        tensor_content=np.ascontiguousarray(array).tobytes(),
-    )
+    return fill_tensor(tensor_pb2.TensorProto(), array)
 
 
 def validate_images(servable: Servable, request: predict_pb2.PredictRequest) -> np.ndarray:
@@ -75,7 +51,10 @@ def validate_images(servable: Servable, request: predict_pb2.PredictRequest) -> 
     if proto.dtype != servable.input_dtype.as_datatype_enum:
         raise BadRequest(f"input '{servable.input_name}' must be {servable.input_dtype.name}, "
                          f"got {types_pb2.DataType.Name(proto.dtype)}")
-    images = tensor_to_array(proto)
+    try:
+        images = tensor_to_array(proto)
+    except TensorError as exc:
+        raise BadRequest(str(exc)) from None
     expected = (None, *servable.input_shape)
     if images.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected, images.shape)):
         raise BadRequest(f"input '{servable.input_name}' has shape {list(images.shape)}, expected "

@@ -25,7 +25,7 @@ def free_port() -> int:
 def start_model_server(model_base: Path, port: int, *extra: str, timeout_s: float = 90) -> subprocess.Popen:
     """Starts the server on 127.0.0.1:`port` and returns once it reports an available version."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "model-server", "--model-base", str(model_base),
+        [sys.executable, "-m", "cli.main", "model-server", "--model-base", str(model_base),
          "--host", "127.0.0.1", "--port", str(port), "--poll-s", "0", *extra],
         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -2,7 +2,7 @@
 and Annoy's recall, for the adopted descriptor and the baselines, in one run.
 
 Methods (names as in the report):
-- `adopted`: `services.robust_search` (query views, CNN shortlist, layout re-ranking), exact search.
+- `adopted`: `services.copy_detection` (query views, CNN shortlist, layout re-ranking), exact search.
 - `baseline`: the model's pooled embedding, one per image, exact cosine search (the service as
   it was).
 - `seed`: the seed project's method on the same backbone: images squashed to the input size
@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image
 
 from services import images
-from services import robust_search as robust
-from services.quality import metrics
-from services.quality.dataset import Item, load
-from services.transforms import TRANSFORMS
+from services import copy_detection as robust
+from evaluation import metrics
+from evaluation.dataset import Item, load
+from evaluation.transforms import TRANSFORMS
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +77,6 @@ def load_corpus(root: str | Path, size: int) -> Corpus:
     arrays = np.stack([images.load_for_model(it.path, size) for it in items])
     return Corpus(items, labels, classes, originals, arrays,
                   {"decode_s": time.perf_counter() - started})
-
-
-class SeedFeatures:
-    """Raw (unnormalised) pooled EfficientNet-Lite0 features, in-process, for the seed baseline."""
-
-    def __init__(self, weights: str | None = None):
-        import tensorflow as tf
-        from model_export import effnet_lite0
-        self._tf = tf
-        self._net = effnet_lite0.build(weights)
-        spec = tf.TensorSpec((None, effnet_lite0.INPUT_SIZE, effnet_lite0.INPUT_SIZE, 3), tf.uint8)
-        self._fn = tf.function(lambda x: self._net(x)[0], input_signature=[spec])
-        self.size = effnet_lite0.INPUT_SIZE
-
-    def __call__(self, pictures: Sequence[Image.Image], batch: int = 32) -> np.ndarray:
-        arrays = np.stack([np.asarray(images.resize_exact(p, self.size, self.size)) for p in pictures])
-        return np.concatenate([self._fn(self._tf.constant(arrays[i:i + batch])).numpy()
-                               for i in range(0, len(arrays), batch)])
 
 
 def _phash(pictures: Sequence[Image.Image]) -> np.ndarray:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from services import transforms
-from services.api_client import GatewayClient
+from evaluation import transforms
+from cli.api_client import GatewayClient
 from services.config import PREFIX, Settings
-from services.launcher import Launcher
+from cli.launcher import Launcher
 
 
 def sample_photos() -> list[Path]:
@@ -41,7 +41,7 @@ def make_query(photo: Path, out: Path) -> Path:
 
 
 def run_demo(settings: Settings, host: str, port: int, keep_running: bool, var_dir: Path = Path("var")) -> None:
-    from services.cli_client import _follow
+    from cli.progress import follow
     samples = make_samples((var_dir / "samples").resolve())
     launcher = Launcher(settings, host, port, var_dir=var_dir)
     roots = os.pathsep.join([str(samples), *map(str, settings.allowed_roots)])
@@ -51,14 +51,14 @@ def run_demo(settings: Settings, host: str, port: int, keep_running: bool, var_d
         launcher.start()
         click.echo(f"vsearch is up at {launcher.url}")
         client = GatewayClient(launcher.url, settings.api_token)
-        _follow(client, client.add_directory(samples)["job_id"])
+        follow(client, client.add_directory(samples)["job_id"])
         original = sample_photos()[3]
         query = make_query(original, var_dir / "demo-query.jpg")
         result = client.search_file(query, 5)
         click.echo(f"\nsearch with {query} (an edited copy of {original.name}): {result['took_ms']} ms")
         for rank, hit in enumerate(result["results"], 1):
             click.echo(f"{rank:3d}  {hit['score']:.4f}  {hit['label'] or '-':14}  {Path(hit['source']).name}")
-        from services.result_row import result_row
+        from cli.result_row import result_row
         row = result_row(query.read_bytes(), [(h, client.thumbnail(h["id"])) for h in result["results"]])
         row.save(var_dir / "demo-results.png")
         click.echo(f"result row image: {var_dir / 'demo-results.png'}")

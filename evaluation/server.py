@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.modelserver.process import free_port, running_model_server
+from modelserver.process import free_port, running_model_server
 
 
 def ensure_model(model_base: Path, model: str = "effnet_lite0") -> None:

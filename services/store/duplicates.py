@@ -1,6 +1,6 @@
 """Redis storage of the duplicate report: judged pairs, groups, decisions, what was scanned.
 
-Key layout, under the same prefix `p` as services/store.py (its Store owns the client):
+Key layout, under the same prefix `p` as the rest of the store (services/store/__init__.py):
 
     p:dups:pairs:<model_key>     hash    "<id> <id>" (ids sorted) -> "<verdict> <score> <contains>"
     p:dups:scanned:<model_key>   string  the seq (Store's clock) the last finished scan covered
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-
-from services.store import Store
 
 STATUSES = ("open", "resolved")
 TIERS = ("exact", "copy")
@@ -95,7 +93,9 @@ def _group(raw: dict) -> dict:
 
 
 class DuplicateStore:
-    def __init__(self, store: Store):
+    """Beside a `Store`: its client and key prefix, its own scripts."""
+
+    def __init__(self, store):
         self.redis, self.key = store.redis, store.key
         self.prefix = store.prefix
         script = self.redis.register_script

@@ -1,0 +1,45 @@
+"""`vsearch eval`: retrieval quality on a folder-per-class set (docs/quality.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import settings as read_settings
+
+
+@click.command("eval")
+@click.argument("dataset_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("var/eval/results"), show_default=True,
+              help="Folder for results.json, results.md and the plots.")
+@click.option("--copies", type=int, help="Copy-detection sources (a fixed random sample); default: every image.")
+@click.option("--model-server", "model_server", help="host:port of a model server; default: start one "
+              "from VSEARCH_MODEL_BASE (exporting the model if missing).")
+@click.option("--no-seed", is_flag=True, help="Skip the seed-style baseline (it runs the network in-process).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots (no matplotlib needed).")
+def eval_cmd(dataset_dir, out, copies, model_server, no_seed, no_plots):
+    """Measure retrieval quality on a folder-per-class set (docs/quality.md)."""
+    from contextlib import nullcontext
+    from evaluation import harness, report
+    from evaluation.server import local_model_server
+    from services.tfs_client import ModelClient
+    settings = read_settings()
+    seed = None
+    if not no_seed:
+        click.echo("building the network in-process for the seed-style baseline", err=True)
+        from model_export.seed_features import SeedFeatures
+        seed = SeedFeatures()
+    server = nullcontext(model_server) if model_server else local_model_server(settings.model_base, settings.model_name)
+    try:
+        with server as target:
+            client = ModelClient(target, settings.model_name, timeout_s=settings.model_timeout_s)
+            try:
+                results = harness.evaluate(dataset_dir, client, copies=copies, seed_features=seed,
+                                           progress=lambda m: click.echo(m, err=True))
+            finally:
+                client.close()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in report.write(results, out, plots=not no_plots):
+        click.echo(f"wrote {path}")
+    click.echo((out / "results.md").read_text())

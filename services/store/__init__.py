@@ -1,0 +1,65 @@
+"""Redis as the system of record: image metadata, vectors, jobs and the published index pointer.
+
+Key layout, all under the prefix `p` (Settings.redis_prefix):
+
+    p:image:<id>              hash    metadata (IMAGE_FIELDS); id = hex SHA-256 of the original bytes
+    p:vectors:<model_key>     hash    image id -> float32 bytes, one hash per "model:version"
+    p:added:<model_key>       zset    image id scored by seq: the log of vector writes
+    p:deleted                 zset    deleted image id scored by seq
+    p:seq                     string  one counter for vector writes and deletions (see below)
+    p:models                  set     model keys that have vectors
+    p:jobs                    zset    job ids by creation time, newest MAX_LISTED_JOBS kept
+    p:job:<id>                hash    job state and counters
+    p:job:<id>:errors         list    JSON {"item", "error"}, the first MAX_JOB_ERRORS kept
+    p:job:<id>:seen           set     item keys already counted, so a retried item counts once
+    p:job:<id>:near           list    JSON {"item", "id", "near_duplicate_of"}, the first 1000
+    p:job:<id>:spec|:chunks   string, hash   what the job was sent as (chunk number -> items),
+                                      kept until it ends for worker.watchdog
+    p:jobs:active             set     ids of jobs not ended yet
+    p:index:<model_key>       hash    published index: version, path, count, dim, size, built_at,
+                                      max_seq, n_trees
+    p:index:<model_key>:builds|:dirty|:lock   build numbers, pending request, builder lock
+    p:dups:...                duplicate pairs, groups and decisions (duplicates.py, DuplicateStore)
+
+`p:seq` is the clock of the index: a build records the seq it started from (max_seq); vectors
+added and ids deleted after it are exactly the log entries scored above it. A searcher polls
+that one counter per query to know whether anything changed.
+
+Multi-key updates are Lua scripts, atomic on the server. `delete_image` touches keys derived
+from `p:models` inside its script: fine on a single Redis, not cluster-safe.
+"""
+from __future__ import annotations
+
+import redis
+
+from services.store.common import image_id
+from services.store.duplicates import DuplicateStore
+from services.store.images import IMAGE_FIELDS, STATUSES, ImageRecords
+from services.store.index_state import IndexState
+from services.store.jobs import JOB_TTL_S, MAX_JOB_ERRORS, MAX_LISTED_JOBS, JobStore
+from services.store.vectors import VectorStore
+
+__all__ = ["Store", "DuplicateStore", "image_id", "IMAGE_FIELDS", "STATUSES", "JOB_TTL_S", "MAX_JOB_ERRORS", "MAX_LISTED_JOBS"]
+
+
+class Store(ImageRecords, VectorStore, JobStore, IndexState):
+    """One Redis client and key prefix; each part (images, vectors, jobs, index state) lives in its
+    own module of this package and adds its methods and Lua scripts here."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "vsearch:"):
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("Store needs a Redis client with decode_responses=False (vectors are bytes)")
+        self.redis = client
+        self.prefix = prefix
+        for part in (ImageRecords, VectorStore, JobStore, IndexState):
+            part._register_scripts(self, client.register_script)
+
+    @classmethod
+    def from_settings(cls, settings, **redis_kwargs) -> "Store":
+        # Explicit timeouts: a stuck Redis must fail a request, not hang a gateway thread.
+        kwargs = dict(socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30)
+        client = redis.Redis.from_url(settings.redis_url, **(kwargs | redis_kwargs))
+        return cls(client, settings.redis_prefix)
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
