@@ -37,9 +37,9 @@ class GatewayClient:
             raise ApiError(response.status_code, error["code"], error["message"])
         return response.json() if response.content else {}
 
-    def search_file(self, path: Path, k: int) -> dict:
+    def search_file(self, path: Path, k: int, **fields) -> dict:
         with open(path, "rb") as f:
-            return self._call("POST", "/search", files={"file": (path.name, f)}, data={"k": str(k)})
+            return self._call("POST", "/search", files={"file": (path.name, f)}, data={"k": str(k), **fields})
 
     def search(self, **query) -> dict:
         return self._call("POST", "/search", json=query)

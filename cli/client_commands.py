@@ -60,28 +60,33 @@ def index_cmd(targets, label, no_wait, gateway, token):
 @click.option("-k", "--k", "k", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write a result-row image (PNG).")
 @click.option("--local", is_flag=True, help="No gateway: embed with the model server, search the index directly.")
+@click.option("--min-verdict", type=click.Choice(["exact", "copy", "similar"]),
+              help="Only results at least this close (exact > copy > similar).")
 @GATEWAY
 @TOKEN
-def search_cmd(img_file, img_url, image_id, k, out, local, gateway, token):
+def search_cmd(img_file, img_url, image_id, k, out, local, min_verdict, gateway, token):
     """Find the indexed images that look like a query image."""
     from cli.api_client import ApiError
     if sum(x is not None for x in (img_file, img_url, image_id)) != 1:
         raise click.UsageError("give exactly one of --img-file, --img-url, --image-id")
     try:
         if local:
-            result, thumbnails = _search_local(img_file, img_url, image_id, k)
+            result, thumbnails = _search_local(img_file, img_url, image_id, k, min_verdict)
         else:
             client = _client(gateway, token)
-            result = client.search_file(img_file, k) if img_file else \
-                client.search(url=img_url, k=k) if img_url else client.search(image_id=image_id, k=k)
+            extra = {"min_verdict": min_verdict} if min_verdict else {}
+            result = client.search_file(img_file, k, **extra) if img_file else \
+                client.search(url=img_url, k=k, **extra) if img_url else client.search(image_id=image_id, k=k, **extra)
             thumbnails = lambda iid: client.thumbnail(iid)  # noqa: E731
     except Exception as exc:
         if isinstance(exc, (ApiError, OSError, ValueError)) or _is_query_error(exc):
             _fail(exc)
         raise
-    click.echo(f"{len(result['results'])} results in {result['took_ms']} ms (index v{result['index_version']})")
+    click.echo(f"{len(result['results'])} results in {result['took_ms']} ms (index v{result['index_version']}), "
+               f"verdict: {result.get('verdict', 'none')}")
     for rank, hit in enumerate(result["results"], 1):
-        click.echo(f"{rank:3d}  {hit['score']:.4f}  {hit['id'][:12]}  {hit.get('label') or '-':20}  {hit.get('source') or ''}")
+        click.echo(f"{rank:3d}  {hit.get('verdict', '-'):7}  {hit['score']:.4f}  {hit['id'][:12]}  "
+                   f"{hit.get('label') or '-':20}  {hit.get('source') or ''}")
     if out:
         from cli.result_row import result_row
         query = img_file.read_bytes() if img_file else None
@@ -90,16 +95,18 @@ def search_cmd(img_file, img_url, image_id, k, out, local, gateway, token):
 
 
 
-def _search_local(img_file: Path | None, img_url: str | None, image_id: str | None, k: int):
+def _search_local(img_file: Path | None, img_url: str | None, image_id: str | None, k: int,
+                  min_verdict: str | None = None):
     """The gateway's query path in this process (services.search), answered in the API's shape."""
     from services import files, search
     from services.context import Context
     settings = _settings()
     data = img_file.read_bytes() if img_file else None
-    result = search.search(Context(settings), data=data, url=img_url, image_id=image_id, k=k)
-    hits = [{"id": h.id, "score": h.score, "match": h.match, "label": (h.record or {}).get("label"),
-             "source": (h.record or {}).get("source")} for h in result.hits]
-    answer = {"results": hits, "took_ms": result.took_ms, "index_version": result.index_version}
+    result = search.search(Context(settings), data=data, url=img_url, image_id=image_id, k=k, min_verdict=min_verdict)
+    hits = [{"id": h.id, "score": h.score, "match": h.match, "verdict": h.verdict,
+             "label": (h.record or {}).get("label"), "source": (h.record or {}).get("source")} for h in result.hits]
+    answer = {"results": hits, "verdict": result.verdict, "took_ms": result.took_ms,
+              "index_version": result.index_version}
     return answer, lambda iid: files.ensure_thumbnail(settings.data_dir, iid).read_bytes()
 
 

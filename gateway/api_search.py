@@ -6,7 +6,7 @@ from flask import Blueprint, url_for
 from gateway import resources
 from gateway.auth import require_token
 from gateway.errors import ApiError
-from gateway.inputs import image_error, json_body, parse_k, source_error, uploaded_files
+from gateway.inputs import image_error, json_body, parse_k, parse_min_verdict, source_error, uploaded_files
 from gateway.metrics import SEARCH_SECONDS
 from services import search as search_service
 from services.images import ImageError
@@ -32,10 +32,10 @@ def query_of(body: dict) -> dict:
     raise ApiError(400, "no_query", "send a multipart 'file', or JSON with 'url' or 'image_id'")
 
 
-def run_search(res, query: dict, k: int) -> SearchResult:
+def run_search(res, query: dict, k: int, min_verdict: str | None = None) -> SearchResult:
     """`services.search.search`, its failures turned into API errors."""
     try:
-        return search_service.search(res, k=k, **query)
+        return search_service.search(res, k=k, min_verdict=min_verdict, **query)
     except ImageError as exc:
         raise image_error(exc) from None
     except SourceError as exc:
@@ -51,7 +51,7 @@ def run_search(res, query: dict, k: int) -> SearchResult:
 
 def describe(hit: Hit) -> dict:
     record = hit.record or {}
-    return {"id": hit.id, "score": round(hit.score, 6), "match": round(hit.match, 6),
+    return {"id": hit.id, "score": round(hit.score, 6), "match": round(hit.match, 6), "verdict": hit.verdict,
             "label": record.get("label"), "source": record.get("source"),
             "near_duplicate_of": record.get("near_duplicate_of"),
             "thumbnail_url": url_for("images.thumbnail", image_id=hit.id)}
@@ -61,11 +61,12 @@ def describe(hit: Hit) -> dict:
 def search():
     body = json_body()
     k = parse_k(body)
+    min_verdict = parse_min_verdict(body)
     res = resources.get()
-    result = run_search(res, query_of(body), k)
+    result = run_search(res, query_of(body), k, min_verdict)
     SEARCH_SECONDS.labels(result.kind).observe(result.took_ms / 1000)
-    return {"results": [describe(hit) for hit in result.hits], "took_ms": result.took_ms,
-            "index_version": result.index_version}
+    return {"results": [describe(hit) for hit in result.hits], "verdict": result.verdict,
+            "took_ms": result.took_ms, "index_version": result.index_version}
 
 
 @bp.get("/index")

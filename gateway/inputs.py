@@ -37,6 +37,16 @@ def parse_k(body: dict) -> int:
     return k
 
 
+def parse_min_verdict(body: dict) -> str | None:
+    """`min_verdict` (exact, copy, similar) from the JSON body, the form or the query string."""
+    raw = body.get("min_verdict", request.form.get("min_verdict", request.args.get("min_verdict")))
+    if raw is None or raw == "":
+        return None
+    if raw not in ("exact", "copy", "similar"):
+        raise ApiError(400, "bad_min_verdict", "min_verdict must be one of exact, copy, similar")
+    return raw
+
+
 def image_error(exc: ImageError) -> ApiError:
     return ApiError(_IMAGE_STATUS.get(exc.code, 400), exc.code, exc.message)
 

@@ -70,6 +70,14 @@ def _layouts(arrays: np.ndarray, fractions, side: int) -> np.ndarray:
     return out
 
 
+def layout_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """The best similarity between any of layouts a [Va, 256] and any of b [Vb, 256] or their
+    mirror images: how alike two images' grey layouts are (1.0: the same)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    mirrored = b.reshape(len(b), LAYOUT_SIDE, LAYOUT_SIDE)[:, :, ::-1].reshape(len(b), -1)
+    return float((a @ np.concatenate([b, mirrored]).T).max())
+
+
 # -- querying -----------------------------------------------------------------------------------
 def query_views(image: Image.Image) -> list[Image.Image]:
     """The images a query is seen as: first itself (de-rotated if it looks rotated), then its
@@ -86,7 +94,7 @@ def _base_and_trimmed(image: Image.Image) -> tuple[Image.Image, Image.Image | No
     return base, (trimmed if trimmed is not base else None)
 
 
-def query_embeddings(client, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+def query_embeddings(client, image: Image.Image, embed_trimmed: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [K, D], layouts [K, 256]) of one query's K = 2 or 3 views, one model call.
 
     The mirror view is not sent to the model: pooled CNN features barely change under a mirror
@@ -97,6 +105,9 @@ def query_embeddings(client, image: Image.Image) -> tuple[np.ndarray, np.ndarray
     base, trimmed = _base_and_trimmed(image)
     first = images.prepare(base, size)
     arrays = np.stack([first, first[:, ::-1]] + ([images.prepare(trimmed, size)] if trimmed is not None else []))
+    if not embed_trimmed:  # the trimmed view brings its layout only, reusing the first embedding
+        embedded = client.embed(arrays[:1])
+        return np.repeat(embedded, len(arrays), axis=0), layout(arrays)
     embedded = client.embed(arrays[[0, *range(2, len(arrays))]])
     return np.concatenate([embedded[:1], embedded[:1], embedded[1:]]), layout(arrays)
 
@@ -111,13 +122,20 @@ def rerank_scores(q_emb: np.ndarray, q_layouts: np.ndarray, emb: np.ndarray, lay
 
 def _rerank(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, threshold=LAYOUT_THRESHOLD):
     """(scores [M], the cosine of each candidate's winning view [M])."""
+    scores, cosine, _ = rerank_with_layouts(q_emb, q_layouts, emb, layouts, bonus, threshold)
+    return scores, cosine
+
+
+def rerank_with_layouts(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, threshold=LAYOUT_THRESHOLD):
+    """(scores [M], the cosine of each candidate's winning view [M], each candidate's best layout
+    similarity over the query's views [M])."""
     cosine = np.asarray(q_emb, np.float32) @ np.asarray(emb, np.float32).T  # [K, M]
     lay = np.einsum("kd,mvd->kmv", np.asarray(q_layouts, np.float32), np.asarray(layouts, np.float32)).max(-1)
     scores = cosine + bonus * np.maximum(0.0, lay - threshold) / (1.0 - threshold)
     scores[1:] = np.where(lay[1:] >= threshold, scores[1:], -np.inf)
     best = scores.argmax(axis=0)
     columns = np.arange(scores.shape[1])
-    return scores[best, columns], cosine[best, columns]
+    return scores[best, columns], cosine[best, columns], lay.max(axis=0)
 
 
 def search_copies(searcher, store, model_key: str, q_emb: np.ndarray, q_layouts: np.ndarray, k: int,

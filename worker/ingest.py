@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services import files, images, copy_detection
+from services import copy_detection, files, images, verdicts, verify
 from services.context import Context
-from services.index import near_duplicate
 from services.sources import SourceError, fetch_with_settings
 from services.store import image_id
 from worker.metrics import BATCH_IMAGES, MODEL_SECONDS
@@ -46,6 +45,7 @@ class _Decoded:
     image_id: str
     array: np.ndarray
     meta: dict
+    features: bytes  # packed ORB keypoints (services/verify.py)
 
 
 def read_bytes(ctx: Context, item: Item) -> bytes:
@@ -66,7 +66,7 @@ def _decode(ctx: Context, item: Item, size: int) -> _Decoded | dict:
     width, height = image.info["original_size"]
     meta = {"source": item.source, "label": item.label, "width": width, "height": height,
             "format": image.info["source_format"], "size_bytes": len(data)}
-    return _Decoded(item, iid, images.prepare(image, size), meta)
+    return _Decoded(item, iid, images.prepare(image, size), meta, verify.pack(verify.features(images.to_rgb(image))))
 
 
 def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
@@ -93,33 +93,45 @@ def ingest_chunk(ctx: Context, job_id: str, items: list[Item]) -> dict:
         with MODEL_SECONDS.time():
             vectors = ctx.model.embed(batch)
         BATCH_IMAGES.observe(len(ready))
-        ctx.store.put_layouts(info.key, [d.image_id for d in ready], copy_detection.index_layouts(batch))
-        near = _store_vectors(ctx, job_id, ready, vectors, info.key, updates)
+        layouts = copy_detection.index_layouts(batch)
+        ctx.store.put_layouts(info.key, [d.image_id for d in ready], layouts)
+        ctx.store.put_features([d.image_id for d in ready], [d.features for d in ready])
+        near = _store_vectors(ctx, job_id, ready, vectors, layouts, info.key, updates)
     store.job_progress_many(job_id, updates)
     _remove_incoming(ctx, items)
     return {"embedded": len(todo), "near_duplicates": near}
 
 
-def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray) -> list[str | None]:
-    """For each new vector, an image it nearly duplicates: among what is searchable, or earlier in
-    this chunk."""
-    threshold = ctx.settings.near_duplicate_threshold
+NEAR_CANDIDATES = 3  # nearest images by cosine that are judged for each new one
+
+
+def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray, layouts: np.ndarray,
+                     model_key: str) -> list[str | None]:
+    """For each new image, an image it is a copy of (verdict `copy` or `exact`, services/verdicts.py):
+    among the nearest searchable images, or earlier in this chunk."""
+    info = ctx.model.info()
+    thresholds = verdicts.published(info.name, info.version)
+    hits = ctx.searcher.search_many(vectors, k=NEAR_CANDIDATES + 1)
+    wanted = list(dict.fromkeys(iid for h in hits for iid, _ in h))
+    ids, stored_vectors, stored_layouts = ctx.store.get_vectors_and_layouts(model_key, wanted, layouts.shape[1:])
+    stored = {iid: (v, lay, verify.unpack(f)) for iid, v, lay, f in
+              zip(ids, stored_vectors, stored_layouts, ctx.store.get_features(ids))}
     found = []
-    for i, hits in enumerate(ctx.searcher.search_many(vectors, k=2)):
-        found_one = near_duplicate(hits, threshold, exclude=ready[i].image_id)
-        match = found_one[0] if found_one else None
-        if match is None and i:
-            scores = vectors[:i] @ vectors[i]
-            j = int(np.argmax(scores))
-            if scores[j] >= threshold:
-                match = ready[j].image_id
+    for i, d in enumerate(ready):
+        options = [(iid, *stored[iid]) for iid, _ in hits[i] if iid != d.image_id and iid in stored]
+        if i:  # earlier in this chunk: the nearest few
+            for j in np.argsort(-(vectors[:i] @ vectors[i]))[:NEAR_CANDIDATES]:
+                options.append((ready[j].image_id, vectors[j], layouts[j], verify.unpack(ready[j].features)))
+        mine = verify.unpack(d.features)
+        match = next((iid for iid, v, lay, f in options if verdicts.at_least(verdicts.verdict(
+            verdicts.evidence_between(vectors[i], v, layouts[i], lay, mine, f), thresholds), "copy")), None)
         found.append(match)
     return found
 
 
-def _store_vectors(ctx: Context, job_id: str, ready: list[_Decoded], vectors: np.ndarray, model_key: str,
-                   updates: list[dict]) -> int:
-    matches = _near_duplicates(ctx, ready, vectors)
+def _store_vectors(ctx: Context, job_id: str, ready: list[_Decoded], vectors: np.ndarray, layouts: np.ndarray,
+                   model_key: str, updates: list[dict]) -> int:
+    matches = _near_duplicates(ctx, ready, vectors, layouts, model_key)
     ctx.store.put_vectors(model_key, [d.image_id for d in ready], vectors)
     found = []
     for d, match in zip(ready, matches):

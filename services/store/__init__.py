@@ -8,6 +8,7 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
     p:deleted                 zset    deleted image id scored by seq
     p:seq                     string  one counter for vector writes and deletions (see below)
     p:models                  set     model keys that have vectors
+    p:features                hash    image id -> packed ORB keypoints (services/verify.py), any model
     p:jobs                    zset    job ids by creation time, newest MAX_LISTED_JOBS kept
     p:job:<id>                hash    job state and counters
     p:job:<id>:errors         list    JSON {"item", "error"}, the first MAX_JOB_ERRORS kept

@@ -107,12 +107,13 @@ class ImageRecords:
         return [bool(r) for r in results]
 
     def delete_image(self, image_id: str) -> bool:
-        """Tombstone the record and drop its vectors, layouts and log entries; False if unknown."""
+        """Tombstone the record and drop its vectors, layouts, keypoints and log entries; False if unknown."""
         keys = [self.key("image", image_id), self.key("deleted"), self.key("seq"), self.key("models")]
         deleted = bool(self._delete_image(keys=keys, args=[image_id, self.prefix]))
         if deleted:
             pipe = self.redis.pipeline(transaction=False)
             for model_key in self.model_keys():
                 pipe.hdel(self.key("layouts", model_key), image_id)
+            pipe.hdel(self.key("features"), image_id)
             pipe.execute()
         return deleted

@@ -76,6 +76,14 @@ class VectorStore:
         self.redis.hset(self.key("layouts", model_key),
                         mapping={iid: blob.tobytes() for iid, blob in zip(image_ids, blobs)})
 
+    # -- keypoints for geometric verification (services/verify.py), independent of the model ----
+    def put_features(self, image_ids: list[str], blobs: list[bytes]) -> None:
+        if image_ids:
+            self.redis.hset(self.key("features"), mapping=dict(zip(image_ids, blobs)))
+
+    def get_features(self, image_ids: list[str]) -> list[bytes | None]:
+        return self.redis.hmget(self.key("features"), image_ids) if image_ids else []
+
     def get_vectors_and_layouts(self, model_key: str, image_ids: list[str], shape: tuple[int, int]
                                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """get_vectors() plus each found image's layouts [N, *shape] float32 (zeros where none is
