@@ -103,7 +103,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="dups-scan-"))
     centres = rng.standard_normal((args.clusters, DIM)).astype(np.float32)
-    with local_model_server(Path(args.model_base)) as target:
+    with local_model_server(Path(args.model_base).resolve()) as target:
         settings = isolated_settings(tmp, target)
         settings = replace(settings, redis_url=settings.redis_url.rsplit("/", 1)[0] + "/14")
         store = Store.from_settings(settings)

@@ -14,7 +14,7 @@ from services import context
 from services.broker import SCAN_DUPLICATES_TASK, SCAN_GROUPING_TASK, SCAN_RANGE_TASK
 from services.store.duplicates import DuplicateStore
 from services.duplicates import scan
-from services.duplicates.judge import LayoutJudge
+from services.duplicates.judge import VerdictJudge
 from worker.tasks import REDIS_DOWN, _redeliver_when_redis_is_down
 
 logger = get_task_logger(__name__)
@@ -46,7 +46,7 @@ def scan_duplicates(job_id: str, full: bool = False) -> int:
 def scan_duplicates_range(job_id: str, after: int, upto: int, count: int, scan_upto: int) -> int:
     ctx = context.get_context()
     dups = DuplicateStore(ctx.store)
-    found = scan.scan_range(ctx.store, dups, ctx.searcher, LayoutJudge(ctx.store, ctx.model_key),
+    found = scan.scan_range(ctx.store, dups, ctx.searcher, VerdictJudge(ctx.store, ctx.model_key),
                             ctx.model_key, after, upto)
     ctx.store.job_progress(job_id, _range_key(after, upto), done=count)
     _group_when_scanned(ctx, job_id, scan_upto)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-VERDICTS = ("exact", "copy", "similar")  # strongest first; `similar` never makes a group
+VERDICTS = ("exact", "copy", "similar", "none")  # strongest first; only exact and copy make groups
 MAX_HOPS = 2
 
 
@@ -44,7 +44,7 @@ def _order(p: Pair):
 
 def group_pairs(pairs: list[Pair], max_hops: int = MAX_HOPS) -> list[Group]:
     """Groups of two or more members, sorted by their first member."""
-    pairs = sorted((p for p in pairs if p.verdict != "similar" and p.a != p.b), key=_order)
+    pairs = sorted((p for p in pairs if p.verdict in ("exact", "copy") and p.a != p.b), key=_order)
     neighbours: dict[str, set[str]] = defaultdict(set)
     for p in pairs:
         neighbours[p.a].add(p.b)

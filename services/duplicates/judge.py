@@ -1,47 +1,80 @@
-"""The verdict on a candidate pair: `exact` (the same picture re-encoded or resized), `copy` (an
-edited copy: crop, mirror, overlay, colour...), `similar` (another picture; never a duplicate).
+"""The verdict on a candidate pair, the same as search gives (services/verdicts.py): `exact` (the
+same picture re-encoded or resized), `copy` (an edited copy), `similar` or `none` (never a duplicate).
 
 A scan asks a `Judge` about many pairs at once; anything with `judge(pairs) -> [Verdict]` plugs in.
-`LayoutJudge` reads what ingest stored for each image (the embedding and the layouts of
-services/copy_detection.py) and decides like the search's re-rank: the cosine plus a bonus when the
-layouts match, a layout being compared whole, mirrored, and against the other image's centre crops
-(which also tells which image contains the other).
+`VerdictJudge` reads what ingest stored for every image of the batch in a few round trips (vectors,
+layouts, ORB keypoints, sizes), then builds each pair's `verdicts.Evidence` (cosine, layout
+similarity, inliers of the geometric verification, identity) and asks `verdicts.verdict`.
+
+One thing a scan adds, from the geometry the verification found: a copy is contained in the other
+picture or contains it (a crop, a frame, a collage, a rotation with its corners filled, the same
+frame resized). Two frames of one scene that each show what the other does not (a burst, a stereo
+pair, a pan) share many keypoints in one geometry too, yet neither is an edit of the other: such a
+pair is `similar`. The containment also says which image is the edited one (the keeper rules
+prefer the other).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 
-from services import copy_detection
-from services.store import Store
+from services import copy_detection, verdicts, verify
 
-EXACT_COSINE = 0.985  # same picture: embeddings and layouts all but equal
-EXACT_LAYOUT = 0.97
-COPY_SCORE = 1.15  # cosine + layout bonus, as in the search's re-rank (tuned on the planted set)
-CONTAINS_MARGIN = 0.05  # a centre crop must match this much better than the whole picture
+CONTAINED = 0.95  # share of a frame's area that must fall inside the other frame
 
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str  # "exact", "copy" or "similar"
-    score: float
-    contains: int = 0  # +1: the first image contains the second (it is a crop of it), -1: reverse
+    verdict: str  # "exact", "copy", "similar" or "none"
+    score: float  # orders merges: stronger first
+    contains: int = 0  # +1: the first image contains the second (it is cut from it), -1: reverse
 
 
 class Judge(Protocol):
     def judge(self, pairs: list[tuple[str, str]]) -> list[Verdict]: ...
 
 
-def _mirror(layouts: np.ndarray) -> np.ndarray:
-    side = copy_detection.LAYOUT_SIDE
-    return layouts.reshape(*layouts.shape[:-1], side, side)[..., ::-1].reshape(layouts.shape)
+def _frame(record: dict | None) -> np.ndarray | None:
+    """Corners [4, 2] of an image's keypoint frame (verify: the long side at verify.SIDE)."""
+    if not record or not record.get("width") or not record.get("height"):
+        return None
+    w, h = record["width"], record["height"]
+    scale = verify.SIDE / max(w, h)
+    w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
 
 
-class LayoutJudge:
-    def __init__(self, store: Store, model_key: str, copy_score: float = COPY_SCORE):
-        self.store, self.model_key, self.copy_score = store, model_key, copy_score
+def _inside(corners: np.ndarray, transform: np.ndarray, frame: np.ndarray) -> float:
+    """The share of the quadrilateral `corners` mapped by the 2x3 `transform` that lies in `frame`."""
+    mapped = (corners @ transform[:, :2].T + transform[:, 2]).astype(np.float32)
+    area = abs(cv2.contourArea(mapped))
+    if area <= 0:
+        return 0.0
+    common, _ = cv2.intersectConvexConvex(mapped, frame)
+    return float(common) / area
+
+
+def containment(match: verify.Match, frame_a: np.ndarray | None, frame_b: np.ndarray | None) -> int | None:
+    """+1: a contains b, -1: b contains a, 0: each contains the other (one frame), None: neither."""
+    if match.transform is None or frame_a is None or frame_b is None:
+        return 0
+    forward = np.asarray(match.transform, np.float64)  # a's frame -> b's frame
+    backward = cv2.invertAffineTransform(forward)
+    a_in_b = _inside(frame_a, forward, frame_b) >= CONTAINED
+    b_in_a = _inside(frame_b, backward, frame_a) >= CONTAINED
+    if a_in_b and b_in_a:
+        return 0
+    return 1 if b_in_a else -1 if a_in_b else None
+
+
+class VerdictJudge:
+    def __init__(self, store, model_key: str, thresholds: verdicts.Thresholds | None = None):
+        name, version = model_key.rsplit(":", 1)
+        self.store, self.model_key = store, model_key
+        self.thresholds = thresholds or verdicts.published(name, int(version))
 
     def judge(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if not pairs:
@@ -50,30 +83,22 @@ class LayoutJudge:
         shape = (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE ** 2)
         found, emb, layouts = self.store.get_vectors_and_layouts(self.model_key, ids, shape)
         row = {iid: i for i, iid in enumerate(found)}
-        known = [(row[a], row[b]) for a, b in pairs if a in row and b in row]
-        verdicts = iter(self._judge(emb, layouts, *map(np.array, zip(*known))) if known else [])
-        return [next(verdicts) if a in row and b in row else Verdict("similar", 0.0) for a, b in pairs]
-
-    def _judge(self, emb: np.ndarray, layouts: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> list[Verdict]:
-        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-        cosine = np.einsum("pd,pd->p", emb[ia], emb[ib])
-        la, lb = layouts[ia], layouts[ib]  # [P, V, 256]
-        whole = np.maximum(np.einsum("pd,pd->p", la[:, 0], lb[:, 0]),
-                           np.einsum("pd,pd->p", la[:, 0], _mirror(lb[:, 0])))
-        # b's whole picture against a's centre crops (and mirrored): a contains b, and the reverse
-        a_holds_b = np.maximum(np.einsum("pvd,pd->pv", la[:, 1:], lb[:, 0]),
-                               np.einsum("pvd,pd->pv", la[:, 1:], _mirror(lb[:, 0]))).max(1)
-        b_holds_a = np.maximum(np.einsum("pvd,pd->pv", lb[:, 1:], la[:, 0]),
-                               np.einsum("pvd,pd->pv", lb[:, 1:], _mirror(la[:, 0]))).max(1)
-        layout = np.maximum(whole, np.maximum(a_holds_b, b_holds_a))
-        t = copy_detection.LAYOUT_THRESHOLD
-        score = cosine + copy_detection.LAYOUT_BONUS * np.maximum(0.0, layout - t) / (1.0 - t)
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True) if len(found) else emb
+        features = dict(zip(found, map(verify.unpack, self.store.get_features(found))))
+        frames = dict(zip(found, map(_frame, self.store.get_images(found))))
         out = []
-        for c, s, w, ab, ba in zip(cosine, score, whole, a_holds_b, b_holds_a):
-            verdict = ("exact" if c >= EXACT_COSINE and w >= EXACT_LAYOUT
-                       else "copy" if s >= self.copy_score else "similar")
-            contains = 0
-            if verdict == "copy" and max(ab, ba) > w + CONTAINS_MARGIN:
-                contains = 1 if ab > ba else -1
-            out.append(Verdict(verdict, float(s), contains))
+        for a, b in pairs:
+            if a not in row or b not in row:  # deleted meanwhile
+                out.append(Verdict("none", 0.0))
+                continue
+            i, j = row[a], row[b]
+            match = verify.match(features[a], features[b])
+            e = verdicts.Evidence(float(emb[i] @ emb[j]), copy_detection.layout_similarity(layouts[i], layouts[j]),
+                                  match.inliers, match.identity)
+            verdict, contains = verdicts.verdict(e, self.thresholds), 0
+            if verdict in ("exact", "copy") and match.inliers >= self.thresholds.copy_inliers:
+                contains = containment(match, frames[a], frames[b])
+                if contains is None:  # two framings of one scene
+                    verdict, contains = "similar", 0
+            out.append(Verdict(verdict, e.cosine + min(e.inliers, 100) / 100, contains))
         return out
