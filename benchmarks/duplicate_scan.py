@@ -4,8 +4,9 @@
 
 Synthetic vectors (1280-d, clustered like benchmarks/annoy_index.py: neighbours within a cluster
 have a cosine around 0.7, so every image brings its full set of candidate pairs to the judge) and
-synthetic layouts; a share of the images are planted near-copies of others (their vector and
-layouts perturbed). Written straight into Redis (db 14, own prefix, cleaned up) as ingest would,
+synthetic layouts and ORB keypoints (random: every candidate pair costs a real match); a share of
+the images are planted near-copies of others (their vector and layouts perturbed, their keypoints
+the original's). Written straight into Redis (db 14, own prefix, cleaned up) as ingest would,
 the Annoy index built as the index builder would, then the real thing: a `vsearch worker` process
 (2 threads) runs a full scan job, then --new more images arrive (half of them copies) and an
 incremental scan job looks at them only. Prints the job times, the worker's peak memory, Redis'
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from services.store.duplicates import DuplicateStore  # noqa: E402
 from services.index import build_index  # noqa: E402
 from evaluation.server import local_model_server  # noqa: E402
+from services import verify  # noqa: E402
 from services.store import Store  # noqa: E402
 from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job  # noqa: E402
 from services.broker import make_celery  # noqa: E402
@@ -49,7 +51,7 @@ def make_images(rng, n: int, centres: np.ndarray, dup_share: float, start: int,
     vectors = unit(centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32))
     layouts = unit(rng.standard_normal((n, VIEWS, CELLS)).astype(np.float32))
     copies = rng.choice(n, int(n * dup_share), replace=False)
-    planted = []
+    planted, copied_from = [], {}
     for c in copies:
         if pool is None:
             src = int(rng.integers(0, n))
@@ -59,19 +61,44 @@ def make_images(rng, n: int, centres: np.ndarray, dup_share: float, start: int,
         else:
             src = int(rng.integers(0, len(pool[0])))
             src_vec, src_lay, src_id = pool[1][src], pool[2][src], pool[0][src]
+        copied_from[int(c)] = (src, pool is None)
         vectors[c] = unit(src_vec + 0.08 * rng.standard_normal(DIM).astype(np.float32) / np.sqrt(DIM) * 10)
         layouts[c] = unit(src_lay + 0.15 * rng.standard_normal((VIEWS, CELLS)).astype(np.float32) / 16)
         planted.append(tuple(sorted((ids[c], src_id))))
-    return ids, vectors, layouts, planted
+    return ids, vectors, layouts, planted, copied_from
 
 
-def write(store: Store, model_key: str, ids, vectors, layouts, batch: int = 2000) -> None:
+def with_keypoints(rng, made, pool_features=None):
+    """The batch's keypoints: random, a copy's those of its original (the same picture)."""
+    ids, vectors, layouts, planted, copied_from = made
+    features = keypoints(rng, len(ids), {})
+    for c, (src, own) in copied_from.items():
+        features[c] = features[src] if own else pool_features[src]
+    return ids, vectors, layouts, planted, features
+
+
+def keypoints(rng, n: int, planted: dict[int, bytes]) -> list[bytes]:
+    """Packed ORB keypoints (services/verify.py) as ingest stores them: random ones, so that every
+    candidate pair costs the judge a real match (a planted copy gets its original's)."""
+    out = []
+    for i in range(n):
+        if i in planted:
+            out.append(planted[i])
+            continue
+        xy = rng.integers(0, 400, (verify.MAX_KEYPOINTS, 2)).astype(np.float32)
+        desc = rng.integers(0, 256, (verify.MAX_KEYPOINTS, 32), dtype=np.uint8)
+        out.append(verify.pack(verify.Features(xy, desc)))
+    return out
+
+
+def write(store: Store, model_key: str, ids, vectors, layouts, features, batch: int = 2000) -> None:
     for s in range(0, len(ids), batch):
         chunk = ids[s:s + batch]
         store.create_images([(i, {"source": f"synthetic/{i[-8:]}.jpg", "width": 640, "height": 480,
                                   "size_bytes": 100_000, "format": "JPEG"}) for i in chunk])
         store.put_vectors(model_key, chunk, vectors[s:s + batch])
         store.put_layouts(model_key, chunk, layouts[s:s + batch])
+        store.put_features(chunk, features[s:s + batch])
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -113,8 +140,9 @@ def main() -> None:
         try:
             redis_before = store.redis.info("memory")["used_memory"]
             started = time.perf_counter()
-            ids, vectors, layouts, planted = make_images(rng, args.n, centres, args.dup_share, 0)
-            write(store, model_key, ids, vectors, layouts)
+            ids, vectors, layouts, planted, features = with_keypoints(
+                rng, make_images(rng, args.n, centres, args.dup_share, 0))
+            write(store, model_key, ids, vectors, layouts, features)
             written_s = time.perf_counter() - started
             started = time.perf_counter()
             build_index(store, model_key, settings.index_dir, n_trees=settings.index_trees)
@@ -131,9 +159,9 @@ def main() -> None:
                      "planted_found": len(set(planted) & got) / max(1, len(planted)),
                      "scan_s": round(full_s, 1), "state": full["state"],
                      "groups": DuplicateStore(store).list_groups(limit=1)[2]}
-            new_ids, new_vecs, new_lays, new_planted = make_images(rng, args.new, centres, 0.5, args.n,
-                                                                   pool=(ids, vectors, layouts))
-            write(store, model_key, new_ids, new_vecs, new_lays)
+            new_ids, new_vecs, new_lays, new_planted, new_features = with_keypoints(
+                rng, make_images(rng, args.new, centres, 0.5, args.n, pool=(ids, vectors, layouts)), features)
+            write(store, model_key, new_ids, new_vecs, new_lays, new_features)
             inc = wait_for_job(store, submit_duplicate_scan(app, store), timeout_s=3600, workers=[worker])
             got = found_pairs(store)
             second = {"new_images": args.new, "planted_pairs": len(new_planted),

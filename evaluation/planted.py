@@ -122,7 +122,7 @@ def build(photo_root: str | Path, out: str | Path, seed: int = 17) -> PlantedSet
         make = burst_pair if len(planted.similar) % 2 == 0 else stereo_pair
         a, b = make(image, rng)
         planted.similar.append((write(f"{make.__name__}{n:04d}_a.jpg", a), write(f"{make.__name__}{n:04d}_b.jpg", b)))
-    families = sorted(edits.FAMILIES)
+    families, used_backgrounds = sorted(edits.FAMILIES), 0
     for n, item in enumerate(items):
         if n in held_out or n in backgrounds:
             continue
@@ -135,8 +135,9 @@ def build(photo_root: str | Path, out: str | Path, seed: int = 17) -> PlantedSet
         group = [original]
         for c in range(int(rng.integers(1, 4))):
             family = families[int(rng.integers(len(families)))]
-            # a background of its own where possible: two collages on one background are copies of it
-            edited, _ = edits.FAMILIES[family](image, rng, [pool[len(planted.edits) % len(pool)]])
+            # a background of its own: two collages on one background are copies of each other
+            edited, params = edits.FAMILIES[family](image, rng, [pool[used_backgrounds % len(pool)]])
+            used_backgrounds += family == "collage" or any("collage" in step for step in params.get("steps", ()))
             name = write(f"{Path(original).stem}__copy{c}_{family}.jpg", edited)
             planted.edits[name] = family
             group.append(name)
