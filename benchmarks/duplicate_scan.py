@@ -9,13 +9,15 @@ the images are planted near-copies of others (their vector and layouts perturbed
 the original's). Written straight into Redis (db 14, own prefix, cleaned up) as ingest would,
 the Annoy index built as the index builder would, then the real thing: a `vsearch worker` process
 (2 threads) runs a full scan job, then --new more images arrive (half of them copies) and an
-incremental scan job looks at them only. Prints the job times, the worker's peak memory, Redis'
-memory and how many planted pairs were found.
+incremental scan job looks at them only. Prints the job times, the worker's CPU seconds during each
+(on a shared machine the wall time depends on the neighbours; CPU / 2 is what two free cores would
+take at best), the worker's peak memory, Redis' memory and how many planted pairs were found.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -108,6 +110,12 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def found_pairs(store: Store) -> set[tuple[str, str]]:
     pairs, cursor = set(), None
     while True:
@@ -151,22 +159,27 @@ def main() -> None:
             worker = WorkerProcess(settings, tmp, concurrency=2)
             worker.wait_ready()
             app = make_celery(settings)
+            cpu_before = cpu_s(worker.proc.pid)
             full = wait_for_job(store, submit_duplicate_scan(app, store, full=True), timeout_s=3600, workers=[worker])
+            full_cpu = cpu_s(worker.proc.pid) - cpu_before
             full_s = full["finished_at"] - full["created_at"]
             full_rss = peak_rss_mb(worker.proc.pid)
             got = found_pairs(store)
             first = {"images": args.n, "planted_pairs": len(planted), "found_pairs": len(got),
                      "planted_found": len(set(planted) & got) / max(1, len(planted)),
-                     "scan_s": round(full_s, 1), "state": full["state"],
+                     "scan_s": round(full_s, 1), "worker_cpu_s": round(full_cpu, 1), "state": full["state"],
                      "groups": DuplicateStore(store).list_groups(limit=1)[2]}
             new_ids, new_vecs, new_lays, new_planted, new_features = with_keypoints(
                 rng, make_images(rng, args.new, centres, 0.5, args.n, pool=(ids, vectors, layouts)), features)
             write(store, model_key, new_ids, new_vecs, new_lays, new_features)
+            cpu_before = cpu_s(worker.proc.pid)
             inc = wait_for_job(store, submit_duplicate_scan(app, store), timeout_s=3600, workers=[worker])
+            inc_cpu = cpu_s(worker.proc.pid) - cpu_before
             got = found_pairs(store)
             second = {"new_images": args.new, "planted_pairs": len(new_planted),
                       "planted_found": len(set(new_planted) & got) / max(1, len(new_planted)),
-                      "scan_s": round(inc["finished_at"] - inc["created_at"], 1), "state": inc["state"],
+                      "scan_s": round(inc["finished_at"] - inc["created_at"], 1), "worker_cpu_s": round(inc_cpu, 1),
+                      "state": inc["state"],
                       "total": inc["total"]}
             print(json.dumps({"setup": {"write_s": round(written_s, 1), "index_build_s": round(index_s, 1),
                                         "redis_mb_for_vectors_and_layouts": round(redis_mb)},

@@ -185,3 +185,14 @@ def test_pairs_round_trip_and_scan_clock(store):
     assert dups.claim_grouping("job", 0.05) and not dups.claim_grouping("job", 60)
     time.sleep(0.1)
     assert dups.claim_grouping("job", 60)  # its holder died: the claim lapsed
+
+
+def test_a_pair_is_judged_by_one_range_of_a_scan(store):
+    dups = DuplicateStore(store)
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    assert dups.claim_pairs("job", "0-10", pairs[:2]) == [True, True]
+    assert dups.claim_pairs("job", "10-20", pairs) == [False, False, True]
+    assert dups.claim_pairs("job", "0-10", pairs) == [True, True, False]  # the same range again: its own
+    assert dups.claim_pairs("other-job", "0-10", pairs) == [True, True, True]
+    dups.forget_judged("job")
+    assert dups.claim_pairs("job", "10-20", pairs) == [True, True, True]

@@ -47,7 +47,7 @@ def scan_duplicates_range(job_id: str, after: int, upto: int, count: int, scan_u
     ctx = context.get_context()
     dups = DuplicateStore(ctx.store)
     found = scan.scan_range(ctx.store, dups, ctx.searcher, VerdictJudge(ctx.store, ctx.model_key),
-                            ctx.model_key, after, upto)
+                            ctx.model_key, after, upto, job_id)
     ctx.store.job_progress(job_id, _range_key(after, upto), done=count)
     _group_when_scanned(ctx, job_id, scan_upto)
     return found
@@ -81,5 +81,6 @@ def _group_when_scanned(ctx, job_id: str, scan_upto: int) -> None:
         ctx.store.fail_job(job_id, f"grouping failed: {exc}")
         raise
     dups.set_scanned_seq(ctx.model_key, scan_upto)
+    dups.forget_judged(job_id)
     ctx.store.job_progress(job_id, GROUPING_ITEM, done=1)
     logger.info("duplicate scan %s: %s", job_id, counts)

@@ -49,8 +49,10 @@ def plan(store: Store, dups: DuplicateStore, model_key: str, full: bool = False,
 
 
 def scan_range(store: Store, dups: DuplicateStore, searcher, judge: Judge, model_key: str,
-               after: int, upto: int) -> int:
-    """Judge the range's images against the index; returns the duplicate pairs found."""
+               after: int, upto: int, job_id: str) -> int:
+    """Judge the range's images against the index; returns the duplicate pairs found. A pair that
+    another range of the same scan found as well (each image among the other's neighbours) is
+    judged by whichever range claims it first."""
     ids = [iid for iid, _ in store.added_since(model_key, after, upto)]
     candidates = []
     for start in range(0, len(ids), READ_BATCH):
@@ -58,6 +60,8 @@ def scan_range(store: Store, dups: DuplicateStore, searcher, judge: Judge, model
         if found:
             candidates += candidate_pairs(searcher, found, vectors)
     candidates = sorted({(a, b) for a, b, _ in candidates})
+    claimed = dups.claim_pairs(job_id, f"{after}-{upto}", candidates)
+    candidates = [pair for pair, mine in zip(candidates, claimed) if mine]
     verdicts = judge.judge(candidates)
     kept = [(a, b, v.verdict, v.score, v.contains) for (a, b), v in zip(candidates, verdicts)
             if v.verdict in ("exact", "copy")]

@@ -10,6 +10,9 @@ Key layout, under the same prefix `p` as the rest of the store (services/store/_
     p:dups:list:<status>:<tier>  zset    group ids, all scored 0: ordered by id (the listing's cursor)
     p:dups:of                    hash    image id -> its group's id
     p:dups:grouping:<job_id>     string  taken by the one task that groups a finished scan (expires)
+    p:dups:judged:<job_id>       hash    pair digest -> the range of the scan that judges it (so a
+                                         pair two ranges both find is judged once); dropped when
+                                         the scan is grouped
 
 Decisions are kept by the scripts, atomically against concurrent requests: a rescan writes open
 groups only, and never overwrites a resolved group unless the new version has a member the
@@ -17,10 +20,12 @@ resolved one did not have (then it is open again, under the same id).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
 STATUSES = ("open", "resolved")
+JUDGED_TTL_S = 86400  # a scan's judged-pairs record outlives any scan
 TIERS = ("exact", "copy")
 
 _LISTS = """
@@ -71,6 +76,18 @@ forget_members(KEYS[1], KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[1])
 return 1
 """
+# KEYS: the scan's judged pairs. ARGV: the range, ttl, pair digests. 1 for each pair this range
+# judges: new, or taken by this same range before (a range delivered again judges its pairs again).
+_CLAIM_PAIRS = """
+local out = {}
+for i = 3, #ARGV do
+  local owner = redis.call('HGET', KEYS[1], ARGV[i])
+  if not owner then redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+  out[#out + 1] = (not owner or owner == ARGV[1]) and 1 or 0
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return out
+"""
 # KEYS: group. ARGV: prefix, group id, keep JSON, deleted JSON, rule, now. -1: no such group.
 _RESOLVE = _LISTS + """
 local tier = redis.call('HGET', KEYS[1], 'tier')
@@ -100,7 +117,7 @@ class DuplicateStore:
         self.prefix = store.prefix
         script = self.redis.register_script
         self._put_group, self._drop_open_group = script(_PUT_GROUP), script(_DROP_OPEN_GROUP)
-        self._resolve = script(_RESOLVE)
+        self._resolve, self._claim_pairs = script(_RESOLVE), script(_CLAIM_PAIRS)
 
     def _list_key(self, status: str, tier: str) -> str:
         return self.key("dups", "list", status, tier)
@@ -136,6 +153,20 @@ class DuplicateStore:
 
     def release_grouping(self, job_id: str) -> None:
         self.redis.delete(self.key("dups", "grouping", job_id))
+
+    def claim_pairs(self, job_id: str, range_key: str, pairs: list[tuple[str, str]],
+                    ttl_s: float = JUDGED_TTL_S) -> list[bool]:
+        """For each pair: whether this range of the scan judges it (no other range claimed it)."""
+        out = []
+        for start in range(0, len(pairs), 5000):
+            digests = [hashlib.blake2b(f"{a} {b}".encode(), digest_size=8).digest()
+                       for a, b in pairs[start:start + 5000]]
+            out += [bool(r) for r in self._claim_pairs(keys=[self.key("dups", "judged", job_id)],
+                                                       args=[range_key, int(ttl_s), *digests])]
+        return out
+
+    def forget_judged(self, job_id: str) -> None:
+        self.redis.delete(self.key("dups", "judged", job_id))
 
     # -- groups -----------------------------------------------------------------------------
     def put_open_group(self, group_id: str, tier: str, members: list[dict], keep: list[str]) -> bool:
