@@ -50,7 +50,7 @@ def eval_cmd(dataset_dir, out, copies, model_server, no_seed, no_plots):
 
 def _eval_collection(root: Path, out: Path, server, settings) -> None:
     """The collection's evaluation (evaluation/run.py): copy families, open-set verdicts fitted on dev
-    and published to calibration/, category retrieval; dev and test side by side."""
+    and published to services/calibration/, category retrieval; dev and test side by side."""
     import json
     from evaluation import run
     from services.tfs_client import ModelClient

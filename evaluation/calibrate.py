@@ -5,7 +5,8 @@ Open set: half the originals are indexed; each query's answer is its best result
 `exact`) answer is right when the source is indexed and the best result is it. Precision: right
 copy answers over all copy answers; recall: right copy answers over the queries whose source is
 indexed; `unindexed_ok`: the share of queries whose source is not indexed that get `none` or
-`similar`.
+`similar`. "The source" includes its twins (originals sharing its content, evaluation/copy_eval.py)
+unless `strict`.
 """
 from __future__ import annotations
 
@@ -21,23 +22,26 @@ MIN_UNINDEXED_OK = 0.96
 EXACT_FAMILIES = ("downscale", "jpeg")  # the same picture resized or re-encoded
 
 
-def open_set_scores(queries, t: Thresholds) -> dict:
+def open_set_scores(queries, t: Thresholds, strict: bool = False) -> dict:
+    """Right answers are the source or one of its twins (evaluation/copy_eval.py); `strict`: the
+    source only, a twin's copy answer counting as wrong."""
     copies = right = indexed = unindexed = unindexed_ok = 0
     for q in queries:
         v = verdict(q.open_top[1], t) if q.open_top else "none"
         is_copy = at_least(v, "copy")
-        indexed += q.source_indexed
-        unindexed += not q.source_indexed
-        unindexed_ok += (not q.source_indexed) and not is_copy
+        has = q.strict_indexed if strict else q.source_indexed
+        indexed += has
+        unindexed += not has
+        unindexed_ok += (not has) and not is_copy
         copies += is_copy
-        right += is_copy and q.source_indexed and q.open_top[0] == q.source
+        right += is_copy and has and (q.open_top[0] == q.source if strict else q.open_top[0] in q.group)
     return {"precision": right / copies if copies else 1.0, "recall": right / max(indexed, 1),
             "unindexed_ok": unindexed_ok / max(unindexed, 1), "copy_answers": copies, "queries": len(queries)}
 
 
 def exact_scores(queries, t: Thresholds) -> dict:
     """How `exact` splits between resized/re-encoded copies and the other edits (right answers only)."""
-    right = [q for q in queries if q.open_top and q.source_indexed and q.open_top[0] == q.source]
+    right = [q for q in queries if q.open_top and q.source_indexed and q.open_top[0] in q.group]
     said = [q for q in right if verdict(q.open_top[1], t) == "exact"]
     wanted = [q for q in right if q.family in EXACT_FAMILIES]
     hit = [q for q in said if q.family in EXACT_FAMILIES]
@@ -46,7 +50,7 @@ def exact_scores(queries, t: Thresholds) -> dict:
 
 def fit(queries, similar_cosine: float) -> tuple[Thresholds, list[dict]]:
     """The copy thresholds with the best recall whose precision and unindexed_ok reach the minimums,
-    then the exact threshold with the best F1; and the precision-recall curve over copy_inliers
+    then the exact threshold with the best F0.5; and the precision-recall curve over copy_inliers
     (the other thresholds as fitted)."""
     best, best_recall = None, -1.0
     for inliers, lay, cos in itertools.product((10, 12, 15, 20, 25, 30, 40, 60), (0.8, 0.85, 0.9, 0.95, 1.01),
@@ -58,10 +62,10 @@ def fit(queries, similar_cosine: float) -> tuple[Thresholds, list[dict]]:
     if best is None:  # nothing reaches the precision: the strictest setting
         best = Thresholds(copy_inliers=60, copy_layout=1.01, copy_cosine=0.9, similar_cosine=similar_cosine)
 
-    def f1(t):
+    def f_half(t):  # F0.5: precision weighs more (an `exact` claim should be safe)
         s = exact_scores(queries, t)
-        return 2 * s["precision"] * s["recall"] / max(s["precision"] + s["recall"], 1e-9)
-    best = max((replace(best, exact_cosine=c) for c in np.arange(0.80, 1.0, 0.01).round(2)), key=f1)
+        return 1.25 * s["precision"] * s["recall"] / max(0.25 * s["precision"] + s["recall"], 1e-9)
+    best = max((replace(best, exact_cosine=float(c)) for c in np.arange(0.80, 1.0, 0.01).round(2)), key=f_half)
     curve = [{"copy_inliers": n, **open_set_scores(queries, replace(best, copy_inliers=n))}
              for n in (6, 8, 10, 12, 15, 20, 25, 30, 40, 60, 100)]
     return best, curve

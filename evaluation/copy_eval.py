@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from services import copy_detection as robust
 
 SHORTLIST = 30
 QUERY_SOURCES = 80  # images per split that are edited, for every family
+TWIN_INLIERS = 30
 
 
 @dataclass
@@ -40,6 +41,11 @@ class Split:
     feats: list                      # [N] verify.Features
     layouts: np.ndarray              # [N, 4, 256] (the layout re-rank of robust_search)
     timings: dict = field(default_factory=dict)
+    twins: dict = field(default_factory=dict)  # image -> the other images of the split sharing its content
+
+    def group(self, i: int) -> frozenset:
+        """The answers that count as right for a copy of image i: itself and its twins."""
+        return frozenset({i, *self.twins.get(i, ())})
 
     def original(self, i: int) -> Image.Image:
         return images.to_rgb(images.decode(self.paths[i]))
@@ -60,7 +66,24 @@ def load_split(root: Path, name: str, client) -> Split:
     return Split(name, paths, np.array([classes.index(p.parent.name) for p in paths]), emb, feats,
                  robust.index_layouts(arrays),
                  {"embed_ms": (t1 - t0) * 1000 / len(paths), "features_ms": (t2 - t1) * 1000 / len(paths),
-                  "feature_bytes": float(np.mean([len(verify.pack(f)) for f in feats]))})
+                  "feature_bytes": float(np.mean([len(verify.pack(f)) for f in feats]))},
+                 _twins(emb, feats))
+
+
+def _twins(emb: np.ndarray, feats: list) -> dict:
+    """Pairs of originals that share content (screenshots of one program, documentation images made
+    from one another): at least TWIN_INLIERS keypoints in one geometry, among each image's 10
+    nearest by cosine. A copy of one is a copy of the other's content too, so either answer counts
+    as right; the strict figures (its own source only) are reported beside."""
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    twins: dict[int, set] = {}
+    for i in range(len(emb)):
+        for j in np.argsort(-sims[i])[:10]:
+            if verify.match(feats[i], feats[int(j)]).inliers >= TWIN_INLIERS:
+                twins.setdefault(i, set()).add(int(j))
+                twins.setdefault(int(j), set()).add(i)
+    return twins
 
 
 def indexed_half(split: Split) -> np.ndarray:
@@ -72,16 +95,27 @@ def indexed_half(split: Split) -> np.ndarray:
 class Query:
     family: str
     source: int
-    ranks: dict                      # method -> 1-based rank of the source (closed set)
+    group: frozenset                 # the right answers: the source and its twins
+    ranks: dict                      # method -> 1-based rank of the first right answer (closed set)
+    strict_ranks: dict               # method -> 1-based rank of the source itself
     open_top: tuple | None           # (image index, Evidence) of the open-set answer's best result
-    source_indexed: bool             # in the open set
+    source_indexed: bool             # in the open set: the source or one of its twins
+    strict_indexed: bool             # in the open set: the source itself
     query_ms: float                  # the adopted path's work beyond the model call (re-rank, verify)
 
+    def to_json(self) -> dict:
+        top = None if self.open_top is None else [self.open_top[0], asdict(self.open_top[1])]
+        return {"family": self.family, "source": self.source, "group": sorted(self.group), "ranks": self.ranks,
+                "strict_ranks": self.strict_ranks, "open_top": top, "source_indexed": self.source_indexed,
+                "strict_indexed": self.strict_indexed, "query_ms": self.query_ms}
 
-def _rank(scores: np.ndarray, target: int) -> float:
-    """1-based rank, ties counted half."""
-    s = scores[target]
-    return 1.0 + float((scores > s).sum()) + 0.5 * float((scores == s).sum() - 1)
+
+def _rank(scores: np.ndarray, group) -> float:
+    """1-based rank of the best of `group` among the others (ties counted half)."""
+    group = list(group)
+    s = scores[group].max()
+    others = np.delete(scores, group)
+    return 1.0 + float((others > s).sum()) + 0.5 * float((others == s).sum())
 
 
 def _verified_rank(split: Split, q, mask: np.ndarray | None, thresholds):
@@ -110,18 +144,25 @@ def run_queries(split: Split, other: Split, client, seed: int, thresholds, per_f
     for f, family in enumerate(edits.FAMILIES):
         progress(f"{split.name}: {family}")
         for fam, i, image, _ in edits.make_queries(plain, sources, pool, seed + 1000 * f, (family,)):
-            ranks = {"baseline": _rank(split.emb @ client.embed(images.prepare(image, size)[None])[0], i)}
+            group = split.group(i)
+            scores = {"baseline": split.emb @ client.embed(images.prepare(image, size)[None])[0]}
             q_emb, q_lay = robust.query_embeddings(client, image)
-            ranks["layouts"] = _rank(robust.search(q_emb, q_lay, split.emb, split.layouts), i)
+            scores["layouts"] = robust.search(q_emb, q_lay, split.emb, split.layouts)
             q = copies.prepare(client, image)
             started = time.perf_counter()
             hits, cosine = _verified_rank(split, q, None, thresholds)
             query_ms = (time.perf_counter() - started) * 1000
             order = [int(h.image_id) for h in hits]
-            ranks["verified"] = float(order.index(i) + 1) if i in order else _rank(cosine, i)
+            tail = np.where(np.isin(np.arange(n), order), -np.inf, cosine)  # the rest in cosine order
+            scores["verified"] = tail
+            for r, j in enumerate(order):
+                scores["verified"][j] = 1e6 - r
+            ranks = {m: _rank(v, group) for m, v in scores.items()}
+            strict = {m: _rank(v, [i]) for m, v in scores.items()}
             open_hits, _ = _verified_rank(split, q, half, thresholds)
             top = (int(open_hits[0].image_id), open_hits[0].evidence) if open_hits else None
-            out.append(Query(fam, i, ranks, top, bool(half[i]), query_ms))
+            out.append(Query(fam, i, group, ranks, strict, top, bool(half[list(group)].any()), bool(half[i]),
+                             query_ms))
     return out
 
 

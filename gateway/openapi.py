@@ -35,7 +35,12 @@ _MULTIPART_FILES = {"type": "object", "properties": {
     "label": {"type": "string", "maxLength": 200}}, "required": ["file"]}
 _SEARCH_JSON = {"type": "object", "properties": {
     "url": {"type": "string"}, "image_id": {"type": "string"},
-    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}}}
+    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+    "min_verdict": {"type": "string", "enum": ["exact", "copy", "similar"],
+                    "description": "only results whose verdict is at least this"}}}
+_VERDICT = {"type": "string", "enum": ["exact", "copy", "similar", "none"],
+            "description": "exact: the same picture resized or re-encoded; copy: an edited copy (crop, rotation, "
+                           "mirror, overlay, colour...); similar: similar content; none"}
 _URLS = {"type": "object", "properties": {
     "url": {"type": "string"}, "urls": {"type": "array", "items": {"type": "string"}, "minItems": 1},
     "label": {"type": "string", "maxLength": 200}}}
@@ -66,10 +71,12 @@ SPEC = {
                 "results": {"type": "array", "items": {"type": "object", "required": ["id", "score"], "properties": {
                     "id": {"type": "string"},
                     "score": {"type": "number", "description": "cosine similarity (best over the query's views)"},
-                    "match": {"type": "number", "description": "ranking score: the cosine plus a bonus when the "
-                              "layout confirms an edited copy; results are ordered by it"},
+                    "match": {"type": "number", "description": "ranking score: the cosine plus bonuses when the "
+                              "layout or the keypoint geometry confirms an edited copy; results are ordered by it"},
+                    "verdict": _VERDICT,
                     "label": {"type": "string", "nullable": True}, "source": {"type": "string", "nullable": True},
                     "thumbnail_url": {"type": "string"}}}},
+                "verdict": {**_VERDICT, "description": "the best result's verdict, none without results"},
                 "took_ms": {"type": "number"}, "index_version": {"type": "integer"}}},
             "DuplicateGroup": {"type": "object", "required": ["group_id", "tier", "status", "images", "keep"], "properties": {
                 "group_id": {"type": "string"}, "tier": {"type": "string", "enum": ["exact", "copy"]},
@@ -116,7 +123,8 @@ SPEC = {
         "/api/v1/search": {"post": _op("Search by upload, URL or image id", {"200": _json(_ref("SearchResults"))}, body={
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "file": {"type": "string", "format": "binary"}, "k": {"type": "integer", "minimum": 1,
-                                                                       "maximum": 100}}, "required": ["file"]}},
+                                                                       "maximum": 100},
+                "min_verdict": {"type": "string", "enum": ["exact", "copy", "similar"]}}, "required": ["file"]}},
             "application/json": {"schema": _SEARCH_JSON}})},
         "/api/v1/index": {"get": _op("Index state", {"200": _json({"type": "object", "properties": {
             "count": {"type": "integer"}, "version": {"type": "integer"}, "built_at": {"type": "number", "nullable": True},

@@ -37,7 +37,6 @@ class Settings:
     api_token: str | None = None
     max_upload_mb: int = 64
     max_image_pixels: int = 80_000_000
-    near_duplicate_threshold: float = 0.97
     # Annoy: trees per index, and how many candidates a query inspects (search_k = trees * k * this):
     # recall against query time, measured in docs/benchmarks.md.
     index_trees: int = 32

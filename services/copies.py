@@ -15,6 +15,7 @@ same code. `search` feeds it from the index and the store.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -45,11 +46,16 @@ class Query:
         return self._features[mirrored]
 
 
+_KEYPOINTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keypoints")
+
+
 def prepare(client, image: Image.Image) -> Query:
-    """The query's views embedded in one model call (the trimmed view brings its layout only)."""
+    """The query's views embedded in one model call (the trimmed view brings its layout only); its
+    keypoints are found meanwhile on another thread (OpenCV and the gRPC wait both release the GIL)."""
     image = image.convert("RGB")
+    keypoints = _KEYPOINTS.submit(verify.features, image)
     emb, lay = copy_detection.query_embeddings(client, image, embed_trimmed=False)
-    return Query(emb, lay, image)
+    return Query(emb, lay, image, {False: keypoints.result()})
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,7 @@ def search(ctx, *, data: bytes | None = None, url: str | None = None, image_id: 
     if sum(x is not None for x in (data, url, image_id)) != 1:
         raise ValueError("give exactly one of data, url, image_id")
     started = time.perf_counter()
-    info = ctx.model.info()
-    thresholds = verdicts.published(info.name, info.version)
+    thresholds = verdicts.for_model_key(ctx.model_key)
     if image_id is not None:
         kind = "image_id"
         try:

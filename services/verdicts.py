@@ -14,7 +14,7 @@ The evidence about one (query, candidate) pair (`Evidence`) is
 - `none` otherwise.
 
 The thresholds are fitted by `vsearch eval` on the dev split's open set (half the originals left
-out of the index) and published per model version in `calibration/<model>-v<version>.json` with the
+out of the index) and published per model version in `services/calibration/<model>-v<version>.json` with the
 precision-recall curve; `Thresholds.for_model` reads them (defaults if none is published).
 
 For pairs of indexed images (duplicate scans): `judge_stored(store, model_key, a, b, thresholds)`.
@@ -34,7 +34,7 @@ from services import copy_detection, verify
 log = logging.getLogger(__name__)
 
 ORDER = ("none", "similar", "copy", "exact")  # weakest first
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+CALIBRATION_DIR = Path(__file__).resolve().with_name("calibration")  # <model>-v<version>.json
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,12 @@ class Thresholds:
 def published(name: str, version: int) -> Thresholds:
     """Thresholds.for_model, read once per process (the file changes only with a new release)."""
     return Thresholds.for_model(name, version)
+
+
+def for_model_key(model_key: str) -> Thresholds:
+    """`published` for a model key "name:version" (what the index records; no model call)."""
+    name, _, version = model_key.rpartition(":")
+    return published(name, int(version)) if version.isdigit() else published(model_key, 0)
 
 
 def calibration_path(name: str, version: int, folder: Path = CALIBRATION_DIR) -> Path:

@@ -109,8 +109,7 @@ def _near_duplicates(ctx: Context, ready: list[_Decoded], vectors: np.ndarray, l
                      model_key: str) -> list[str | None]:
     """For each new image, an image it is a copy of (verdict `copy` or `exact`, services/verdicts.py):
     among the nearest searchable images, or earlier in this chunk."""
-    info = ctx.model.info()
-    thresholds = verdicts.published(info.name, info.version)
+    thresholds = verdicts.for_model_key(model_key)
     hits = ctx.searcher.search_many(vectors, k=NEAR_CANDIDATES + 1)
     wanted = list(dict.fromkeys(iid for h in hits for iid, _ in h))
     ids, stored_vectors, stored_layouts = ctx.store.get_vectors_and_layouts(model_key, wanted, layouts.shape[1:])

@@ -39,7 +39,7 @@ function queryBody() {
 function showResults(data) {
   const grid = $("results");
   grid.replaceChildren();
-  $("took").textContent = `${data.results.length} results in ${data.took_ms} ms (index v${data.index_version})`;
+  $("took").textContent = `${data.results.length} results in ${data.took_ms} ms (index v${data.index_version}), verdict: ${data.verdict}`;
   data.results.forEach((hit, rank) => {
     const card = document.createElement("figure");
     card.className = "card result";
@@ -52,9 +52,12 @@ function showResults(data) {
     link.target = "_blank";
     link.append(img);
     const caption = document.createElement("figcaption");
-    // Ordered by `match`; the number shown is the cosine similarity. A layout-confirmed copy is tagged.
-    const copy = hit.match - hit.score > 0.05 ? ' <span class="copy" title="its layout matches: an edited copy">copy</span>' : "";
-    caption.innerHTML = `<div class="score">#${rank + 1} · ${hit.score.toFixed(3)}${copy}</div>`;
+    // Ordered by `match`; the number shown is the cosine similarity; the verdict is tagged.
+    const titles = { exact: "the same picture, resized or re-encoded", copy: "an edited copy of this image",
+                     similar: "similar content", none: "not close" };
+    const verdict = hit.verdict && hit.verdict !== "none"
+      ? ` <span class="verdict ${hit.verdict}" title="${titles[hit.verdict]}">${hit.verdict}</span>` : "";
+    caption.innerHTML = `<div class="score">#${rank + 1} · ${hit.score.toFixed(3)}${verdict}</div>`;
     const label = document.createElement("div");
     label.className = "label";
     label.textContent = hit.label || "";

@@ -42,7 +42,7 @@ function card(group, image, index) {
   const caption = document.createElement("figcaption");
   const badge = image.deleted ? "deleted" : group.keep.includes(image.id) ? "keep" : "";
   caption.innerHTML = `<div class="score">${index + 1}. <span class="badge">${badge}</span>
-    ${image.edited ? '<span class="copy" title="another member contains it">edited</span>' : ""}</div>`;
+    ${image.edited ? '<span class="edited" title="another member contains it">edited</span>' : ""}</div>`;
   const facts = document.createElement("div");
   facts.className = "label";
   facts.textContent = `${image.width}×${image.height} · ${size(image.size_bytes)} · ${
