@@ -72,9 +72,8 @@ def containment(match: verify.Match, frame_a: np.ndarray | None, frame_b: np.nda
 
 class VerdictJudge:
     def __init__(self, store, model_key: str, thresholds: verdicts.Thresholds | None = None):
-        name, version = model_key.rsplit(":", 1)
         self.store, self.model_key = store, model_key
-        self.thresholds = thresholds or verdicts.published(name, int(version))
+        self.thresholds = thresholds or verdicts.for_model_key(model_key)
 
     def judge(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if not pairs:
