@@ -14,7 +14,8 @@ Key layout, under the same prefix `p` as the rest of the store (services/store/_
                                          pair two ranges both find is judged once); dropped when
                                          the scan is grouped
 
-Decisions are kept by the scripts, atomically against concurrent requests: a rescan writes open
+Decisions are kept by the scripts (each names every key it touches), atomically against concurrent
+requests: a rescan writes open
 groups only, and never overwrites a resolved group unless the new version has a member the
 resolved one did not have (then it is open again, under the same id).
 """
@@ -28,30 +29,27 @@ STATUSES = ("open", "resolved")
 JUDGED_TTL_S = 86400  # a scan's judged-pairs record outlives any scan
 TIERS = ("exact", "copy")
 
+# Every group script gets KEYS: the group, the member map, then the four lists in the order of
+# _list_keys (open exact, open copy, resolved exact, resolved copy): a script names every key it
+# touches (legal on a Redis Cluster, where the prefix is one hash tag).
 _LISTS = """
-local function lists(prefix)
-  local out = {}
-  for _, s in ipairs({'open', 'resolved'}) do
-    for _, t in ipairs({'exact', 'copy'}) do table.insert(out, prefix .. 'dups:list:' .. s .. ':' .. t) end
-  end
-  return out
+local LISTS = {open = {exact = KEYS[3], copy = KEYS[4]}, resolved = {exact = KEYS[5], copy = KEYS[6]}}
+local function unlist(gid)
+  for i = 3, 6 do redis.call('ZREM', KEYS[i], gid) end
 end
-local function unlist(prefix, gid)
-  for _, key in ipairs(lists(prefix)) do redis.call('ZREM', key, gid) end
-end
-local function forget_members(group, of, gid)
-  local raw = redis.call('HGET', group, 'members')
+local function forget_members(gid)
+  local raw = redis.call('HGET', KEYS[1], 'members')
   if not raw then return end
   for _, m in ipairs(cjson.decode(raw)) do
-    if redis.call('HGET', of, m.id) == gid then redis.call('HDEL', of, m.id) end
+    if redis.call('HGET', KEYS[2], m.id) == gid then redis.call('HDEL', KEYS[2], m.id) end
   end
 end
 """
-# KEYS: group, member map. ARGV: prefix, group id, tier, members JSON, keep JSON, now.
-# 0 (nothing written) for a resolved group that the new members do not extend.
+# ARGV: group id, tier, members JSON, keep JSON, now. 0 (nothing written) for a resolved group
+# that the new members do not extend.
 _PUT_GROUP = _LISTS + """
-local gid = ARGV[2]
-local members = cjson.decode(ARGV[4])
+local gid = ARGV[1]
+local members = cjson.decode(ARGV[3])
 if redis.call('HGET', KEYS[1], 'status') == 'resolved' then
   local old = {}
   for _, m in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'members'))) do old[m.id] = true end
@@ -59,21 +57,31 @@ if redis.call('HGET', KEYS[1], 'status') == 'resolved' then
   for _, m in ipairs(members) do if not old[m.id] then joined = true end end
   if not joined then return 0 end
 end
-unlist(ARGV[1], gid)
-forget_members(KEYS[1], KEYS[2], gid)
+unlist(gid)
+forget_members(gid)
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'group_id', gid, 'tier', ARGV[3], 'status', 'open', 'members', ARGV[4],
-           'keep', ARGV[5], 'updated_at', ARGV[6])
-redis.call('ZADD', ARGV[1] .. 'dups:list:open:' .. ARGV[3], 0, gid)
+redis.call('HSET', KEYS[1], 'group_id', gid, 'tier', ARGV[2], 'status', 'open', 'members', ARGV[3],
+           'keep', ARGV[4], 'updated_at', ARGV[5])
+redis.call('ZADD', LISTS.open[ARGV[2]], 0, gid)
 for _, m in ipairs(members) do redis.call('HSET', KEYS[2], m.id, gid) end
 return 1
 """
-# KEYS: group, member map. ARGV: prefix, group id. Only an open group goes.
+# ARGV: group id. Only an open group goes.
 _DROP_OPEN_GROUP = _LISTS + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
-unlist(ARGV[1], ARGV[2])
-forget_members(KEYS[1], KEYS[2], ARGV[2])
+unlist(ARGV[1])
+forget_members(ARGV[1])
 redis.call('DEL', KEYS[1])
+return 1
+"""
+# ARGV: group id, keep JSON, deleted JSON, rule, now. -1: no such group.
+_RESOLVE = _LISTS + """
+local tier = redis.call('HGET', KEYS[1], 'tier')
+if not tier then return -1 end
+unlist(ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'resolved', 'keep', ARGV[2], 'deleted', ARGV[3], 'rule', ARGV[4],
+           'resolved_at', ARGV[5], 'updated_at', ARGV[5])
+redis.call('ZADD', LISTS.resolved[tier], 0, ARGV[1])
 return 1
 """
 # KEYS: the scan's judged pairs. ARGV: the range, ttl, pair digests. 1 for each pair this range
@@ -87,16 +95,6 @@ for i = 3, #ARGV do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return out
-"""
-# KEYS: group. ARGV: prefix, group id, keep JSON, deleted JSON, rule, now. -1: no such group.
-_RESOLVE = _LISTS + """
-local tier = redis.call('HGET', KEYS[1], 'tier')
-if not tier then return -1 end
-unlist(ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[1], 'status', 'resolved', 'keep', ARGV[3], 'deleted', ARGV[4], 'rule', ARGV[5],
-           'resolved_at', ARGV[6], 'updated_at', ARGV[6])
-redis.call('ZADD', ARGV[1] .. 'dups:list:resolved:' .. tier, 0, ARGV[2])
-return 1
 """
 
 
@@ -114,13 +112,17 @@ class DuplicateStore:
 
     def __init__(self, store):
         self.redis, self.key = store.redis, store.key
-        self.prefix = store.prefix
         script = self.redis.register_script
         self._put_group, self._drop_open_group = script(_PUT_GROUP), script(_DROP_OPEN_GROUP)
         self._resolve, self._claim_pairs = script(_RESOLVE), script(_CLAIM_PAIRS)
 
     def _list_key(self, status: str, tier: str) -> str:
         return self.key("dups", "list", status, tier)
+
+    def _group_keys(self, group_id: str) -> list[str]:
+        """The KEYS of every group script (see _LISTS)."""
+        return [self.key("dups", "group", group_id), self.key("dups", "of"),
+                *(self._list_key(status, tier) for status in STATUSES for tier in TIERS)]
 
     # -- pairs and the scan's clock ---------------------------------------------------------
     def add_pairs(self, model_key: str, pairs: list[tuple[str, str, str, float, int]]) -> None:
@@ -171,18 +173,16 @@ class DuplicateStore:
     # -- groups -----------------------------------------------------------------------------
     def put_open_group(self, group_id: str, tier: str, members: list[dict], keep: list[str]) -> bool:
         """Write an open group; False when it is resolved and `members` adds nobody to it."""
-        keys = [self.key("dups", "group", group_id), self.key("dups", "of")]
-        args = [self.prefix, group_id, tier, json.dumps(members), json.dumps(keep), time.time()]
-        return bool(self._put_group(keys=keys, args=args))
+        args = [group_id, tier, json.dumps(members), json.dumps(keep), time.time()]
+        return bool(self._put_group(keys=self._group_keys(group_id), args=args))
 
     def drop_open_group(self, group_id: str) -> bool:
-        keys = [self.key("dups", "group", group_id), self.key("dups", "of")]
-        return bool(self._drop_open_group(keys=keys, args=[self.prefix, group_id]))
+        return bool(self._drop_open_group(keys=self._group_keys(group_id), args=[group_id]))
 
     def resolve(self, group_id: str, keep: list[str], deleted: list[str], rule: str | None) -> bool:
         """Record a decision; False if there is no such group."""
-        args = [self.prefix, group_id, json.dumps(keep), json.dumps(deleted), rule or "", time.time()]
-        return self._resolve(keys=[self.key("dups", "group", group_id)], args=args) > 0
+        args = [group_id, json.dumps(keep), json.dumps(deleted), rule or "", time.time()]
+        return self._resolve(keys=self._group_keys(group_id), args=args) > 0
 
     def get_group(self, group_id: str) -> dict | None:
         raw = self.redis.hgetall(self.key("dups", "group", group_id))
