@@ -15,9 +15,8 @@ Key layout, under the same prefix `p` as the rest of the store (services/store/_
                                          the scan is grouped
 
 Decisions are kept by the scripts (each names every key it touches), atomically against concurrent
-requests: a rescan writes open
-groups only, and never overwrites a resolved group unless the new version has a member the
-resolved one did not have (then it is open again, under the same id).
+requests: a rescan writes open groups only, and never overwrites a resolved group unless the new
+version has a member the resolved one did not have (then it is open again, under the same id).
 """
 from __future__ import annotations
 
