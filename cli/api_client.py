@@ -80,6 +80,35 @@ class GatewayClient:
     def index(self) -> dict:
         return self._call("GET", "/index")
 
+    def scan_duplicates(self, full: bool = False) -> dict:
+        return self._call("POST", "/duplicates/scan", json={"full": full})
+
+    def duplicates(self, tier: str | None = None, status: str | None = None, cursor: str | None = None,
+                   limit: int = 100) -> dict:
+        params = {k: v for k, v in {"tier": tier, "status": status, "cursor": cursor, "limit": limit}.items() if v}
+        return self._call("GET", "/duplicates", params=params)
+
+    def all_duplicates(self, tier: str | None = None, status: str | None = None) -> list[dict]:
+        groups, cursor = [], None
+        while True:
+            page = self.duplicates(tier, status, cursor, limit=200)
+            groups += page["groups"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return groups
+
+    def resolve_duplicates(self, group_id: str, *, keep: list[str] | None = None, rule: str | None = None,
+                           delete_others: bool = False) -> dict:
+        body = {"keep": keep} if keep is not None else {"rule": rule}
+        return self._call("POST", f"/duplicates/{group_id}/resolve", json=body | {"delete_others": delete_others})
+
+    def export_duplicates(self, fmt: str = "csv", tier: str | None = None, status: str | None = None) -> bytes:
+        params = {k: v for k, v in {"format": fmt, "tier": tier, "status": status}.items() if v}
+        response = self.session.get(f"{self.base}/duplicates/export", params=params, timeout=self.timeout_s)
+        if response.status_code >= 400:
+            self._call("GET", "/duplicates/export", params=params)  # raises the API's error
+        return response.content
+
     def thumbnail(self, image_id: str) -> bytes:
         response = self.session.get(f"{self.base}/images/{image_id}/thumbnail", timeout=self.timeout_s)
         response.raise_for_status()

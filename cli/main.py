@@ -10,7 +10,7 @@ import logging
 
 import click
 
-from cli import backup_commands, client_commands, eval_command, server_commands
+from cli import backup_commands, client_commands, duplicates, eval_command, server_commands
 from services.process import configure_process
 
 
@@ -24,7 +24,7 @@ def main(verbose: bool) -> None:
 
 
 for command in (*server_commands.COMMANDS, *backup_commands.COMMANDS, *client_commands.COMMANDS,
-                eval_command.eval_cmd):
+                duplicates.duplicates_cmd, eval_command.eval_cmd):
     main.add_command(command)
 
 

@@ -5,16 +5,21 @@ import sys
 
 import click
 
-def follow(client, job_id: str) -> None:
+def wait_with_bar(client, job_id: str, what: str = "job", unit: str = "img") -> dict:
+    """Wait for a job with a progress bar; returns the finished job."""
     from tqdm import tqdm
-    with tqdm(desc=f"job {job_id[:8]}", unit="img", dynamic_ncols=True) as bar:
+    with tqdm(desc=f"{what} {job_id[:8]}", unit=unit, dynamic_ncols=True) as bar:
         def show(job):
             if job["total"] is not None:
                 bar.total = job["total"]
             bar.n = job["done"] + job["failed"]
             bar.set_postfix(failed=job["failed"], refresh=False)
             bar.refresh()
-        job = client.wait(job_id, show)
+        return client.wait(job_id, show)
+
+
+def follow(client, job_id: str) -> None:
+    job = wait_with_bar(client, job_id)
     indexed = job["done"] - job.get("duplicates", 0)
     click.echo(f"job {job_id}: {job['state']}: {indexed} indexed, {job.get('duplicates', 0)} duplicates "
                f"(already indexed), {job.get('near_duplicates', 0)} near-duplicates, {job['failed']} failed")

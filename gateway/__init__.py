@@ -31,8 +31,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     auth.init_app(app)
     limits.init_app(app)
 
-    from gateway import api_images, api_jobs, api_search, health, openapi, web
-    for module in (api_images, api_jobs, api_search, health, openapi):
+    from gateway import api_duplicates, api_images, api_jobs, api_search, health, openapi, web
+    for module in (api_duplicates, api_images, api_jobs, api_search, health, openapi):
         app.register_blueprint(module.bp)
     app.register_blueprint(web.bp)
 

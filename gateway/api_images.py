@@ -106,12 +106,18 @@ def content(image_id: str):
 @bp.delete("/<image_id>")
 @require_token
 def delete_image(image_id: str):
-    res = resources.get()
-    record = res.store.get_image(checked_id(image_id))
-    if record is None or record["status"] == "deleted" or not res.store.delete_image(image_id):
+    if not remove_image(resources.get(), checked_id(image_id)):
         raise ApiError(404, "not_found", f"no image {image_id}")
+    return "", 204
+
+
+def remove_image(res, image_id: str) -> bool:
+    """The one delete path (this route, resolving duplicates); False if there is no such image."""
+    record = res.store.get_image(image_id)
+    if record is None or record["status"] == "deleted" or not res.store.delete_image(image_id):
+        return False
     files.remove_image_files(res.settings.data_dir, image_id)
     res.searcher.remove([image_id])  # Milvus drops it now; Annoy filters it at once
     if res.searcher.builds:  # and drops it from the file at the next build
         request_rebuild(res.celery, res.store, res.model_key)
-    return "", 204
+    return True

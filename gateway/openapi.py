@@ -6,6 +6,7 @@ from flask import Blueprint
 bp = Blueprint("openapi", __name__)
 
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_GROUP = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
 _ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
 
 
@@ -86,6 +87,22 @@ SPEC = {
                     "thumbnail_url": {"type": "string"}}}},
                 "verdict": {**_VERDICT, "description": "the best result's verdict, none without results"},
                 "took_ms": {"type": "number"}, "index_version": {"type": "integer"}}},
+            "DuplicateGroup": {"type": "object", "required": ["group_id", "tier", "status", "images", "keep"], "properties": {
+                "group_id": {"type": "string"}, "tier": {"type": "string", "enum": ["exact", "copy"]},
+                "status": {"type": "string", "enum": ["open", "resolved"]},
+                "keep": {"type": "array", "items": {"type": "string"}, "description": "proposed (open) or "
+                         "chosen (resolved) images to keep; originals come before edited copies"},
+                "rule": {"type": "string", "nullable": True}, "resolved_at": {"type": "number", "nullable": True},
+                "images": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+                    "id": {"type": "string"}, "width": {"type": "integer", "nullable": True},
+                    "height": {"type": "integer", "nullable": True},
+                    "size_bytes": {"type": "integer", "nullable": True},
+                    "created_at": {"type": "number", "nullable": True},
+                    "source": {"type": "string", "nullable": True}, "label": {"type": "string", "nullable": True},
+                    "thumbnail_url": {"type": "string"},
+                    "score": {"type": "number", "description": "its strongest duplicate pair's score"},
+                    "edited": {"type": "boolean", "description": "another member contains it (a crop)"},
+                    "deleted": {"type": "boolean"}}}}}},
             "Accepted": {"type": "object", "required": ["job_id"], "properties": {
                 "job_id": {"type": "string"}, "images": {"type": "array", "items": {"type": "object"}}}},
         },
@@ -126,6 +143,32 @@ SPEC = {
             "pending": {"type": "integer"}, "backend": {"type": "string", "enum": ["annoy", "milvus"]}}})})},
         "/api/v1/index/rebuild": {"post": _op("Request an index build (Annoy; Milvus has none: 200)", {
             "202": _json({"type": "object"}), "200": _json({"type": "object"})}, auth=True)},
+        "/api/v1/duplicates/scan": {"post": _op(
+            "Find duplicate groups (a job): images added since the last scan, or all with full", {
+                "202": _json(_ref("Accepted"))}, auth=True,
+            body={"application/json": {"schema": {"type": "object", "properties": {"full": {"type": "boolean"}}}}})},
+        "/api/v1/duplicates": {"get": _op("Duplicate groups, ordered by id", {"200": _json({
+            "type": "object", "required": ["groups", "next_cursor", "total"], "properties": {
+                "groups": {"type": "array", "items": _ref("DuplicateGroup")},
+                "next_cursor": {"type": "string", "nullable": True}, "total": {"type": "integer"}}})},
+            params=[{"name": "tier", "in": "query", "schema": {"type": "string", "enum": ["exact", "copy"]}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["open", "resolved"]}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}])},
+        "/api/v1/duplicates/export": {"get": _op("Every group, one row per image", {"200": {
+            "description": "rows", "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {}}}},
+            params=[{"name": "format", "in": "query", "schema": {"type": "string", "enum": ["csv", "json"]}},
+                    {"name": "tier", "in": "query", "schema": {"type": "string", "enum": ["exact", "copy"]}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["open", "resolved"]}}])},
+        "/api/v1/duplicates/{group_id}": {"get": _op("One duplicate group", {"200": _json(_ref("DuplicateGroup"))},
+                                                     params=[_GROUP])},
+        "/api/v1/duplicates/{group_id}/resolve": {"post": _op(
+            "Keep the chosen images (or the one a rule picks); optionally delete the others", {
+                "200": _json(_ref("DuplicateGroup"))}, params=[_GROUP], auth=True, body={"application/json": {
+                    "schema": {"type": "object", "properties": {
+                        "keep": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "rule": {"type": "string", "enum": ["most_pixels", "largest_file", "oldest", "newest"]},
+                        "delete_others": {"type": "boolean"}}}}})},
         "/api/v1/healthz": {"get": _op("Liveness", {"200": _json({"type": "object"})})},
         "/api/v1/readyz": {"get": _op("Readiness", {"200": _json({"type": "object"}), "503": _json({"type": "object"})})},
         "/api/v1/openapi.json": {"get": _op("This description", {"200": _json({"type": "object"})})},

@@ -1,4 +1,5 @@
-"""The web page at /: search by upload or URL, see the result grid; add images; watch jobs."""
+"""The web pages: / (search by upload or URL, see the result grid; add images; watch jobs) and
+/duplicates (review the duplicate groups, change the keeper, resolve)."""
 from flask import Blueprint, render_template
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
@@ -8,3 +9,8 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder="stat
 @bp.get("/")
 def index():
     return render_template("index.html")
+
+
+@bp.get("/duplicates")
+def duplicates():
+    return render_template("duplicates.html")

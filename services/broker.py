@@ -27,6 +27,10 @@ INDEX_QUEUE = "index"
 START_JOB_TASK = "worker.tasks.start_job"
 INGEST_TASK = "worker.tasks.ingest"
 BUILD_INDEX_TASK = "worker.tasks.build_index"
+# A duplicate scan (worker/duplicate_tasks.py): its start, one range of images, the grouping step.
+SCAN_DUPLICATES_TASK = "worker.tasks.scan_duplicates"
+SCAN_RANGE_TASK = "worker.tasks.scan_duplicates_range"
+SCAN_GROUPING_TASK = "worker.tasks.scan_duplicates_group"
 
 
 def is_amqp(url: str) -> bool:

@@ -6,7 +6,7 @@ import uuid
 
 from celery import Celery
 
-from services.broker import BUILD_INDEX_TASK, START_JOB_TASK
+from services.broker import BUILD_INDEX_TASK, SCAN_DUPLICATES_TASK, START_JOB_TASK
 from services.index import request_build
 from services.store import Store
 
@@ -21,6 +21,15 @@ def submit_job(app: Celery, store: Store, spec: dict, total: int | None = None) 
     store.create_job(job_id, total, spec["kind"])
     store.save_job_spec(job_id, spec)  # what the watchdog sends again if this message is lost
     app.send_task(START_JOB_TASK, args=[job_id, spec])
+    return job_id
+
+
+def submit_duplicate_scan(app: Celery, store: Store, full: bool = False) -> str:
+    """Records a queued duplicate scan (all images, or only those added since the last scan)."""
+    job_id = uuid.uuid4().hex
+    store.create_job(job_id, None, "duplicates", scope="full" if full else "new")
+    store.save_job_spec(job_id, {"kind": "duplicates", "full": full})  # for the watchdog
+    app.send_task(SCAN_DUPLICATES_TASK, args=[job_id, full])
     return job_id
 
 

@@ -8,4 +8,4 @@ from services.config import Settings
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
-    return _make_celery(settings, include=("worker.tasks", "worker.watchdog"))
+    return _make_celery(settings, include=("worker.tasks", "worker.duplicate_tasks", "worker.watchdog"))

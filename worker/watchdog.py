@@ -27,8 +27,11 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from services import context
-from services.broker import BUILD_INDEX_TASK, INGEST_QUEUE
 from services.store import Store
+from services.broker import (
+    BUILD_INDEX_TASK, INGEST_QUEUE, INGEST_TASK, SCAN_DUPLICATES_TASK, SCAN_GROUPING_TASK,
+    SCAN_RANGE_TASK, START_JOB_TASK,
+)
 
 log = logging.getLogger(__name__)
 HEARTBEAT = Path(tempfile.gettempdir()) / "vsearch-worker-alive"
@@ -44,11 +47,11 @@ def resend_lost_work(app: Celery, store: Store, stall_s: float) -> dict[str, int
         if state == "queued":
             spec = store.get_job_spec(job_id)
             if spec is not None:
-                app.send_task("worker.tasks.start_job", args=[job_id, spec])
+                app.send_task(*_start_message(job_id, spec))
                 sent[job_id] = 1
         elif state == "running":
             for items in store.unfinished_chunks(job_id):
-                app.send_task("worker.tasks.ingest", args=[job_id, items])
+                app.send_task(*_chunk_message(job_id, items))
                 sent[job_id] = sent.get(job_id, 0) + 1
         if job_id in sent:
             store.add_resent(job_id, sent[job_id])
@@ -65,6 +68,23 @@ def restart_orphaned_builds(app: Celery, store: Store, orphaned_before: set[str]
         app.send_task(BUILD_INDEX_TASK, args=[key])
         log.warning("index %s: a build was wanted and no builder held the lock: sent again", key)
     return orphaned
+
+
+def _start_message(job_id: str, spec: dict) -> tuple[str, list]:
+    """The task that starts a job of this spec, and its arguments."""
+    if spec["kind"] == "duplicates":
+        return SCAN_DUPLICATES_TASK, [job_id, spec.get("full", False)]
+    return START_JOB_TASK, [job_id, spec]
+
+
+def _chunk_message(job_id: str, items: list[dict]) -> tuple[str, list]:
+    """The task that does one saved chunk: an ingest chunk, or a duplicate scan's range of images."""
+    if len(items) == 1 and "scan_upto" in items[0]:
+        r = items[0]
+        if r.get("grouping"):
+            return SCAN_GROUPING_TASK, [job_id, r["scan_upto"]]
+        return SCAN_RANGE_TASK, [job_id, r["after"], r["upto"], r["count"], r["scan_upto"]]
+    return INGEST_TASK, [job_id, items]
 
 
 def _waiting_messages(app: Celery) -> int:

@@ -22,6 +22,7 @@ Key layout, all under the prefix `p` (Settings.redis_prefix):
     p:index:<model_key>:builds|:dirty|:lock   build numbers, pending request, builder lock
     p:index:<model_key>:building              a request taken by a builder, until its build ends
                                               (left behind by a builder that died: taken again)
+    p:dups:...                duplicate pairs, groups and decisions (duplicates.py, DuplicateStore)
 
 `p:seq` is the clock of the index: a build records the seq it started from (max_seq); vectors
 added and ids deleted after it are exactly the log entries scored above it. A searcher polls
@@ -38,12 +39,14 @@ from redis.cluster import RedisCluster
 
 from services.store.common import image_id
 from services.store.connection import connect, decodes_responses, key_prefix, script_factory
+from services.store.duplicates import DuplicateStore
 from services.store.images import IMAGE_FIELDS, STATUSES, ImageRecords, check_label
 from services.store.index_state import IndexState
 from services.store.jobs import JOB_TTL_S, MAX_JOB_ERRORS, MAX_LISTED_JOBS, JobStore
 from services.store.vectors import VectorStore
 
-__all__ = ["Store", "check_label", "image_id", "IMAGE_FIELDS", "STATUSES", "JOB_TTL_S", "MAX_JOB_ERRORS", "MAX_LISTED_JOBS"]
+__all__ = ["Store", "DuplicateStore", "check_label", "image_id", "IMAGE_FIELDS", "STATUSES", "JOB_TTL_S",
+           "MAX_JOB_ERRORS", "MAX_LISTED_JOBS"]
 
 
 class Store(ImageRecords, VectorStore, JobStore, IndexState):

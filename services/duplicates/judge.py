@@ -1,0 +1,103 @@
+"""The verdict on a candidate pair, the same as search gives (services/verdicts.py): `exact` (the
+same picture re-encoded or resized), `copy` (an edited copy), `similar` or `none` (never a duplicate).
+
+A scan asks a `Judge` about many pairs at once; anything with `judge(pairs) -> [Verdict]` plugs in.
+`VerdictJudge` reads what ingest stored for every image of the batch in a few round trips (vectors,
+layouts, ORB keypoints, sizes), then builds each pair's `verdicts.Evidence` (cosine, layout
+similarity, inliers of the geometric verification, identity) and asks `verdicts.verdict`.
+
+One thing a scan adds, from the geometry the verification found: a copy is contained in the other
+picture or contains it (a crop, a frame, a collage, a rotation with its corners filled, the same
+frame resized). Two frames of one scene that each show what the other does not (a burst, a stereo
+pair, a pan) share many keypoints in one geometry too, yet neither is an edit of the other: such a
+pair is `similar`. The containment also says which image is the edited one (the keeper rules
+prefer the other).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from services import copy_detection, verdicts, verify
+
+CONTAINED = 0.98  # share of a frame's area inside the other: true copies 0.992+ (2nd percentile), similar pairs <= 0.974 on dev
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # "exact", "copy", "similar" or "none"
+    score: float  # orders merges: stronger first
+    contains: int = 0  # +1: the first image contains the second (it is cut from it), -1: reverse
+
+
+class Judge(Protocol):
+    def judge(self, pairs: list[tuple[str, str]]) -> list[Verdict]: ...
+
+
+def _frame(record: dict | None) -> np.ndarray | None:
+    """Corners [4, 2] of an image's keypoint frame (verify: the long side at verify.SIDE)."""
+    if not record or not record.get("width") or not record.get("height"):
+        return None
+    w, h = record["width"], record["height"]
+    scale = verify.SIDE / max(w, h)
+    w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+
+
+def _inside(corners: np.ndarray, transform: np.ndarray, frame: np.ndarray) -> float:
+    """The share of the quadrilateral `corners` mapped by the 2x3 `transform` that lies in `frame`."""
+    mapped = (corners @ transform[:, :2].T + transform[:, 2]).astype(np.float32)
+    area = abs(cv2.contourArea(mapped))
+    if area <= 0:
+        return 0.0
+    common, _ = cv2.intersectConvexConvex(mapped, frame)
+    return float(common) / area
+
+
+def containment(match: verify.Match, frame_a: np.ndarray | None, frame_b: np.ndarray | None) -> int | None:
+    """+1: a contains b, -1: b contains a, 0: each contains the other (one frame), None: neither."""
+    if match.transform is None or frame_a is None or frame_b is None:
+        return 0
+    forward = np.asarray(match.transform, np.float64)  # a's frame -> b's frame
+    backward = cv2.invertAffineTransform(forward)
+    a_in_b = _inside(frame_a, forward, frame_b) >= CONTAINED
+    b_in_a = _inside(frame_b, backward, frame_a) >= CONTAINED
+    if a_in_b and b_in_a:
+        return 0
+    return 1 if b_in_a else -1 if a_in_b else None
+
+
+class VerdictJudge:
+    def __init__(self, store, model_key: str, thresholds: verdicts.Thresholds | None = None):
+        self.store, self.model_key = store, model_key
+        self.thresholds = thresholds or verdicts.for_model_key(model_key)
+
+    def judge(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        if not pairs:
+            return []
+        ids = sorted({x for pair in pairs for x in pair})
+        shape = (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE ** 2)
+        found, emb, layouts = self.store.get_vectors_and_layouts(self.model_key, ids, shape)
+        row = {iid: i for i, iid in enumerate(found)}
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True) if len(found) else emb
+        features = dict(zip(found, map(verify.unpack, self.store.get_features(found))))
+        frames = dict(zip(found, map(_frame, self.store.get_images(found))))
+        out = []
+        for a, b in pairs:
+            if a not in row or b not in row:  # deleted meanwhile
+                out.append(Verdict("none", 0.0))
+                continue
+            i, j = row[a], row[b]
+            match = verify.match(features[a], features[b])
+            e = verdicts.Evidence(float(emb[i] @ emb[j]), copy_detection.layout_similarity(layouts[i], layouts[j]),
+                                  match.inliers, match.identity)
+            verdict, contains = verdicts.verdict(e, self.thresholds), 0
+            if verdict in ("exact", "copy") and match.inliers >= self.thresholds.copy_inliers:
+                contains = containment(match, frames[a], frames[b])
+                if contains is None:  # two framings of one scene
+                    verdict, contains = "similar", 0
+            out.append(Verdict(verdict, e.cosine + min(e.inliers, 100) / 100, contains))
+        return out
