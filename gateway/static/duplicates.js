@@ -1,28 +1,7 @@
 // The duplicates page: review groups, change the keeper, accept; keyboard first. Plain JavaScript.
 "use strict";
-const api = "/api/v1";
-const $ = (id) => document.getElementById(id);
 const PAGE = Number(new URLSearchParams(location.search).get("limit")) || 10;  // ?limit=N: groups a page
 const state = { groups: [], current: 0, cursors: [null], page: 0, next: null, total: 0 };
-
-function headers() {
-  const token = $("token").value.trim();
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
-function say(text, isError = false) {
-  $("message").textContent = text;
-  $("message").className = isError ? "error" : "";
-}
-
-async function call(path, options = {}) {
-  const response = await fetch(api + path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    throw new Error(body.error ? `${body.error.message} (${body.error.code})` : `HTTP ${response.status}`);
-  }
-  return body;
-}
 
 function size(bytes) {
   if (bytes == null) return "";
@@ -36,7 +15,7 @@ function card(group, image, index) {
   if (group.keep.includes(image.id)) figure.classList.add("keep");
   if (image.deleted) figure.classList.add("deleted");
   const img = document.createElement("img");
-  img.src = image.thumbnail_url;
+  authorizedSrc(image.thumbnail_url).then((src) => { img.src = src; });
   img.alt = image.source || image.id;
   img.addEventListener("click", () => { state.current = state.groups.indexOf(group); choose(index); });
   const caption = document.createElement("figcaption");
@@ -89,6 +68,7 @@ async function load(page = state.page) {
     state.cursors[page + 1] = data.next_cursor;
     state.current = Math.min(state.current, Math.max(0, state.groups.length - 1));
     $("summary").textContent = `${data.total} groups`;
+    if ($("message").className === "error") say("");  // e.g. the 401 before a token was typed
     render();
   } catch (error) {
     say(error.message, true);
@@ -177,4 +157,9 @@ $("status").addEventListener("change", () => { state.cursors = [null]; load(0); 
 $("next-page").addEventListener("click", () => { state.current = 0; load(state.page + 1); });
 $("prev-page").addEventListener("click", () => { state.current = 0; load(state.page - 1); });
 $("scan-button").addEventListener("click", scan);
-load(0);
+$("token").addEventListener("change", () => { state.cursors = [null]; load(0); });
+if (document.body.dataset.tokenRequired === "true" && !headers().Authorization) {
+  say("This server needs a token: enter it above to see the groups.", true);
+} else {
+  load(0);
+}
