@@ -23,6 +23,7 @@ from pymilvus.exceptions import MilvusException
 
 from services.index.errors import IndexUnavailable
 from services.index.filters import Filter
+from services.index.query import single_query
 from services.store import Store
 
 logger = logging.getLogger(__name__)
@@ -95,13 +96,7 @@ class MilvusIndex:
 
     # -- reads ----------------------------------------------------------------------------------
     def search(self, vector, k: int = 10, where: Filter | None = None) -> list[tuple[str, float]]:
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        q = np.asarray(vector, dtype=np.float32).ravel()
-        norm = np.linalg.norm(q)
-        if not norm or not np.isfinite(norm):
-            raise ValueError("the query vector must be non-zero and finite")
-        return self.search_many(q[None], k, where=where)[0]
+        return self.search_many(single_query(vector, k), k, where=where)[0]
 
     def search_many(self, vectors, k: int = 10, effort_k: int | None = None,
                     where: Filter | None = None) -> list[list[tuple[str, float]]]:

@@ -13,6 +13,7 @@ from annoy import AnnoyIndex
 
 from services.index.builder import N_TREES, IndexLoadError, _node_bytes
 from services.index.filters import Attributes, Filter
+from services.index.query import single_query
 from services.store import Store
 
 logger = logging.getLogger(__name__)
@@ -131,13 +132,7 @@ class Searcher:
 
     def search(self, vector, k: int = 10, where: Filter | None = None) -> list[tuple[str, float]]:
         """[(image_id, cosine similarity)], best first, at most k."""
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        q = np.asarray(vector, dtype=np.float32).ravel()
-        norm = np.linalg.norm(q)
-        if not norm or not np.isfinite(norm):
-            raise ValueError("the query vector must be non-zero and finite")
-        return self.search_many(q[None], k, where=where)[0]
+        return self.search_many(single_query(vector, k), k, where=where)[0]
 
     def search_many(self, vectors, k: int = 10, effort_k: int | None = None,
                     where: Filter | None = None) -> list[list[tuple[str, float]]]:
