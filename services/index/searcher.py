@@ -180,7 +180,9 @@ class Searcher:
         view = self._refresh()
         return {"backend": self.name, "version": view.index.version, "count": view.index.count,
                 "built_at": view.index.built_at, "fresh": view.n, "deleted_pending": len(view.deleted),
-                "pending": self.store.pending_count(self.model_key), "error": self.last_error}
+                # pending from the same view as count: read from the store, it could already be
+                # counted against a newer build than the one this view serves (count + pending short)
+                "pending": view.n, "error": self.last_error}
 
     def _search(self, view: _View, q: np.ndarray, k: int, effort_k: int | None,
                 fresh_scores: np.ndarray | None, where: Filter | None = None) -> list[tuple[str, float]]:
