@@ -23,7 +23,7 @@ from pymilvus.exceptions import MilvusException
 
 from services.index.errors import IndexUnavailable
 from services.index.filters import Filter
-from services.index.query import single_query
+from services.index.query import best_per_image, single_query, stored_vector
 from services.store import Store
 
 logger = logging.getLogger(__name__)
@@ -119,17 +119,10 @@ class MilvusIndex:
 
     def shortlist(self, views, n: int, effort_k: int | None = None,
                   where: Filter | None = None) -> list[tuple[str, float]]:
-        best: dict[str, float] = {}
-        for hits in self.search_many(np.unique(np.asarray(views, np.float32), axis=0), n, where=where):
-            for iid, score in hits:
-                best[iid] = max(score, best.get(iid, -2.0))
-        return sorted(best.items(), key=lambda h: h[1], reverse=True)[:n]
+        return best_per_image(self.search_many(np.unique(np.asarray(views, np.float32), axis=0), n, where=where), n)
 
     def search_by_id(self, image_id: str, k: int = 10, where: Filter | None = None) -> list[tuple[str, float]]:
-        _, matrix = self.store.get_vectors(self.model_key, [image_id])
-        if not len(matrix):
-            raise KeyError(image_id)
-        return self.search(matrix[0], k, where)
+        return self.search(stored_vector(self.store, self.model_key, image_id), k, where)
 
     @property
     def version(self) -> int:

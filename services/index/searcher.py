@@ -13,7 +13,7 @@ from annoy import AnnoyIndex
 
 from services.index.builder import N_TREES, IndexLoadError, _node_bytes
 from services.index.filters import Attributes, Filter
-from services.index.query import single_query
+from services.index.query import best_per_image, single_query, stored_vector
 from services.store import Store
 
 logger = logging.getLogger(__name__)
@@ -154,22 +154,15 @@ class Searcher:
         """The n best images for any of several query vectors (one view of the index): each
         image with its best cosine over the views, best first. A shortlist that only feeds a
         re-rank for k results can pass `effort_k=k`: its tail then costs no extra Annoy work."""
-        best: dict[str, float] = {}
         views = np.asarray(views, np.float32)
         # A view may repeat another's vector (the mirror view reuses the first): search it once.
         distinct = [v for i, v in enumerate(views) if not any(np.array_equal(v, w) for w in views[:i])]
-        for hits in self.search_many(distinct, n, effort_k, where):
-            for iid, score in hits:
-                best[iid] = max(score, best.get(iid, -2.0))
-        return sorted(best.items(), key=lambda h: h[1], reverse=True)[:n]
+        return best_per_image(self.search_many(distinct, n, effort_k, where), n)
 
     def search_by_id(self, image_id: str, k: int = 10, where: Filter | None = None) -> list[tuple[str, float]]:
         """Neighbours of a stored image; the image itself is included (normally first) if `where`
         keeps it."""
-        _, matrix = self.store.get_vectors(self.model_key, [image_id])
-        if not len(matrix):
-            raise KeyError(image_id)
-        return self.search(matrix[0], k, where)
+        return self.search(stored_vector(self.store, self.model_key, image_id), k, where)
 
     @property
     def version(self) -> int:
