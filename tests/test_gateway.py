@@ -11,7 +11,7 @@ from gateway import create_app
 from evaluation import transforms
 from services.store import Store, image_id
 from tests.conftest import free_port, imagenet_label, serving_image
-from tests.workers import wait_for_job
+from tests.workers import index_class_folders, wait_for_job
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -41,14 +41,7 @@ def client(deployment):
 @pytest.fixture(scope="module", autouse=True)
 def indexed(deployment, photos):
     """The 20 photos indexed once for the module, in class folders."""
-    tree = deployment.tmp / "photos"
-    for p in photos:
-        folder = tree / f"class_{imagenet_label(p):03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / p.name).write_bytes(p.read_bytes())
-    response = deployment.client().post("/api/v1/jobs", json={"directory": str(tree)}, headers=AUTH)
-    assert response.status_code == 202, response.json
-    job = wait_for_job(Store.from_settings(deployment.settings), response.json["job_id"], workers=[deployment.worker])
+    job = index_class_folders(deployment, photos, deployment.tmp / "photos", AUTH)
     assert (job["done"], job["failed"]) == (20, 0)
 
 

@@ -14,8 +14,7 @@ from PIL import Image
 from evaluation import edits
 from services import verdicts, verify
 from services.store import Store, image_id
-from tests.conftest import imagenet_label
-from tests.workers import wait_for_job
+from tests.workers import index_class_folders, wait_for_job
 
 TOKEN = "verdict-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -36,14 +35,7 @@ def jpeg(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def indexed(deployment, photos):
-    tree = deployment.tmp / "indexed"
-    for p in photos[:10]:
-        folder = tree / f"class_{imagenet_label(p):03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / p.name).write_bytes(p.read_bytes())
-    response = deployment.client().post("/api/v1/jobs", json={"directory": str(tree)}, headers=AUTH)
-    assert response.status_code == 202, response.json
-    job = wait_for_job(Store.from_settings(deployment.settings), response.json["job_id"], workers=[deployment.worker])
+    job = index_class_folders(deployment, photos[:10], deployment.tmp / "indexed", AUTH)
     assert (job["done"], job["failed"]) == (10, 0)
     return photos[:10]
 

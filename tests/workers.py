@@ -194,3 +194,17 @@ def start_milvus_lite(data_dir: Path, timeout_s: float = 60) -> tuple[subprocess
                 stop_process(proc)
                 raise RuntimeError(f"milvus-lite server did not start (exit code {proc.returncode})")
             time.sleep(0.2)
+
+
+def index_class_folders(deployment, photos, tree: Path, headers=None) -> dict:
+    """Indexes `photos` through the API as one directory job over a folder-per-class tree made
+    under `tree` (the ImageNet class as the label); returns the finished job."""
+    from tests.conftest import imagenet_label
+    for p in photos:
+        folder = tree / f"class_{imagenet_label(p):03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / p.name).write_bytes(p.read_bytes())
+    response = deployment.client().post("/api/v1/jobs", json={"directory": str(tree)}, headers=headers)
+    assert response.status_code == 202, response.json
+    from services.store import Store
+    return wait_for_job(Store.from_settings(deployment.settings), response.json["job_id"], workers=[deployment.worker])
