@@ -38,8 +38,12 @@ from tests.conftest import free_port, imagenet_photos  # noqa: E402
 from tests.workers import drop_keys, isolated_settings, start_gateway  # noqa: E402
 
 
-def populate(settings: Settings, model_server: str, n: int) -> list[str]:
-    """Real photos embedded for real, synthetic neighbours for the rest; then one index build."""
+def populate(settings: Settings, model_server: str, n: int, near: bool = True) -> list[str]:
+    """Real photos embedded for real, synthetic neighbours for the rest; then one index build.
+    `near`: each synthetic vector lies at a cosine of 0.3-0.75 from one of the 20 photos (indexed
+    or not), as a real collection's similar images do, so every query's shortlist is close enough
+    to be verified (services/copies.py skips candidates below the published `verify_cosine`);
+    otherwise around 1,000 random centres, far from every photo (the first rounds' index)."""
     store = Store.from_settings(settings)
     client = ModelClient(model_server, "effnet_lite0")
     info = client.info()
@@ -61,9 +65,17 @@ def populate(settings: Settings, model_server: str, n: int) -> list[str]:
     extras(real_ids, np.arange(len(photos)))
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, info.embedding_dim)).astype(np.float32)
+    everyone = client.embed(np.stack([load_for_model(p.read_bytes(), 224) for p in imagenet_photos()]))
+    everyone /= np.linalg.norm(everyone, axis=1, keepdims=True)
     for start in range(len(photos), n, 2000):
         count = min(2000, n - start)
-        synth = centres[rng.integers(0, 1000, count)] + 0.6 * rng.standard_normal((count, info.embedding_dim))
+        if near:
+            noise = rng.standard_normal((count, info.embedding_dim)).astype(np.float32)
+            noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+            cosine = rng.uniform(0.3, 0.75, (count, 1)).astype(np.float32)
+            synth = cosine * everyone[rng.integers(0, len(everyone), count)] + np.sqrt(1 - cosine ** 2) * noise
+        else:
+            synth = centres[rng.integers(0, 1000, count)] + 0.6 * rng.standard_normal((count, info.embedding_dim))
         ids = [f"{start + i:064x}" for i in range(count)]
         store.create_images([(i, {"source": "synthetic", "label": "synthetic"}) for i in ids])
         store.put_vectors(info.key, ids, synth.astype(np.float32))
@@ -116,6 +128,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model-base", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--far", action="store_true", help="synthetic neighbours far from every photo (rounds 1-2)")
     args = parser.parse_args()
     import tempfile
     tmp = Path(tempfile.mkdtemp(prefix="vsearch-search-"))
@@ -124,7 +137,7 @@ def main() -> None:
     settings = isolated_settings(tmp, f"127.0.0.1:{port}", redis_url="redis://127.0.0.1:6379/14")
     gateway = None
     try:
-        real_ids = populate(settings, f"127.0.0.1:{port}", args.n)
+        real_ids = populate(settings, f"127.0.0.1:{port}", args.n, near=not args.far)
         gateway, base = start_gateway(settings)
         uploads = [p.read_bytes() for p in imagenet_photos()]
         rng = np.random.default_rng(1)

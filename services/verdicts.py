@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services import copy_detection, verify
+from services import copy_detection, precision, verify
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Thresholds:
     copy_cosine: float = 0.6
     exact_cosine: float = 0.95
     similar_cosine: float = 0.6
+    verify_cosine: float = 0.0  # candidates below it are not verified (services/copies.py)
 
     @classmethod
     def from_json(cls, data: dict) -> "Thresholds":
@@ -78,8 +79,11 @@ def published(name: str, version: int) -> Thresholds:
 
 
 def for_model_key(model_key: str) -> Thresholds:
-    """`published` for a model key "name:version" (what the index records; no model call)."""
+    """`published` for a model key "name:version" (what the index records; no model call). Both
+    precisions of a model share its thresholds: bf16 embeddings are within noise of fp32's
+    (docs/quality.md, "bf16 against fp32")."""
     name, _, version = model_key.rpartition(":")
+    name = name.removesuffix(precision.SUFFIX)
     return published(name, int(version)) if version.isdigit() else published(model_key, 0)
 
 

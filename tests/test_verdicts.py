@@ -155,3 +155,50 @@ def test_ingest_records_copies_as_near_duplicates(deployment, client, indexed, u
     assert (job["done"], job["near_duplicates"]) == (2, 1)
     assert store.get_image(image_id(copy))["near_duplicate_of"] == image_id(indexed[9].read_bytes())
     assert store.get_image(image_id(other))["near_duplicate_of"] is None
+
+
+def test_both_precisions_of_a_model_share_its_published_thresholds():
+    assert verdicts.for_model_key("effnet_lite0_bf16:1") == verdicts.for_model_key("effnet_lite0:1")
+    assert verdicts.for_model_key("effnet_lite0:1") != verdicts.Thresholds()
+
+
+def test_verification_is_spent_only_where_it_can_change_the_answer(photos, monkeypatch):
+    """The best candidate a copy by its layout: only it is matched; an indexed image as the query
+    is its own exact match without any matching; candidates below verify_cosine are not matched."""
+    from services import copies, copy_detection
+    originals = [open_rgb(p) for p in photos[:6]]
+    arrays = np.stack([np.asarray(im.resize((224, 224))) for im in originals])
+    layouts = copy_detection.index_layouts(arrays)
+    feats = [verify.features(im) for im in originals]
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((6, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = [str(i) for i in range(6)]
+    calls = []
+    real_match = verify.match
+    monkeypatch.setattr(verify, "match", lambda q, c: calls.append(1) or real_match(q, c))
+    t = verdicts.Thresholds(verify_cosine=0.0)
+    load = lambda wanted: [feats[int(i)] for i in wanted]  # noqa: E731
+    near = emb + 0.3 * emb[[1, 2, 3, 4, 5, 0]]  # every candidate fairly close, the source closest
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+
+    # a re-encoded copy of image 0: layout decides it, one match tells exact from copy
+    q = copies.Query(np.repeat(near[:1], 2, axis=0), np.stack([layouts[0, 0]] * 2), originals[0])
+    hits = copies.rank(q, ids, emb, layouts, load, t, 6)
+    assert hits[0].image_id == "0" and hits[0].verdict in ("exact", "copy") and len(calls) == 1
+
+    # an indexed image as its own query: exact, with no match at all for itself
+    calls.clear()
+    q = copies.Query(np.repeat(emb[:1], 2, axis=0), np.stack([layouts[0, 0]] * 2), None,
+                     lambda: verify.pack(feats[0]), image_id="0")
+    hits = copies.rank(q, ids, emb, layouts, load, t, 6)
+    assert hits[0].image_id == "0" and hits[0].verdict == "exact"
+    assert len(calls) <= copies.VERIFY_TOP - 1
+
+    # nothing close enough to be verified: no match, no copy
+    calls.clear()
+    far = verdicts.Thresholds(verify_cosine=0.99)
+    other = rng.standard_normal((1, 32)).astype(np.float32)
+    q = copies.Query(np.repeat(other, 2, axis=0), np.zeros((2, 256), np.float32), originals[0])
+    hits = copies.rank(q, ids, emb, layouts, load, far, 6)
+    assert not calls and all(h.verdict in ("none", "similar") for h in hits)
