@@ -35,9 +35,6 @@ SHORTLIST = copy_detection.SHORTLIST
 VERIFY_TOP = 5
 MIRROR_TOP = 3  # the mirror image's keypoints are tried on this many of them
 RANK_INLIERS = 20
-LAYOUT_DECIDES = True
-EARLY_STOP = True
-QUERY_UPSAMPLE = True
 _LAYOUT_SHAPE = (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE ** 2)
 
 
@@ -57,8 +54,7 @@ class Query:
             self._features[mirrored] = self._features[mirrored].result()
         if mirrored not in self._features:
             if self.image is not None:
-                self._features[mirrored] = verify.features(ImageOps.mirror(self.image) if mirrored else self.image,
-                                                           upsample=QUERY_UPSAMPLE)
+                self._features[mirrored] = verify.features(ImageOps.mirror(self.image) if mirrored else self.image)
             elif self.load_features is not None and not mirrored:
                 self._features[mirrored] = verify.unpack(self.load_features())
             else:
@@ -74,7 +70,7 @@ def prepare(client, image: Image.Image) -> Query:
     keypoints are found meanwhile on another thread (OpenCV and the gRPC wait both release the GIL):
     nearly every query of a real collection verifies its best candidate."""
     image = image.convert("RGB")
-    keypoints = _KEYPOINTS.submit(verify.features, image, upsample=QUERY_UPSAMPLE)
+    keypoints = _KEYPOINTS.submit(verify.features, image)
     emb, lay = copy_detection.query_embeddings(client, image, embed_trimmed=False)
     return Query(emb, lay, image, _features={False: keypoints})
 
@@ -99,7 +95,7 @@ def rank(query: Query, ids: Sequence[str], emb: np.ndarray, layouts: np.ndarray,
     rows = [j for j in order[:VERIFY_TOP] if cosine[j] >= thresholds.verify_cosine or ids[j] == query.image_id]
     others = [j for j in order if ids[j] != query.image_id]
     best = others[0] if others else None
-    if LAYOUT_DECIDES and best in rows and layout[best] >= thresholds.copy_layout \
+    if best in rows and layout[best] >= thresholds.copy_layout \
             and cosine[best] >= thresholds.copy_cosine:
         # the best is a copy by its layout already: only exact-or-copy is left to verify
         rows = [j for j in rows if j == best or ids[j] == query.image_id]
@@ -126,7 +122,7 @@ def _verify(query: Query, rows: list[int], ids, load_features) -> dict[int, veri
     found = {}
     for j, f in zip(rows, stored):
         found[j] = verify.match(query.features(), f)
-        if EARLY_STOP and found[j].inliers >= 2 * RANK_INLIERS:
+        if found[j].inliers >= 2 * RANK_INLIERS:
             break
     rows = list(found)
     if not any(m.inliers >= 2 * RANK_INLIERS for m in found.values()):  # no clear copy: try mirrored

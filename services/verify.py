@@ -48,29 +48,23 @@ def _detector(n: int):
     return cv2.ORB_create(nfeatures=n, scaleFactor=1.2, nlevels=8, edgeThreshold=15, patchSize=15, fastThreshold=10)
 
 
-def _grey(image, upsample: bool = True) -> tuple[np.ndarray, float]:
-    """(uint8 [H, W] grey with the long side at SIDE, or below it if small and not `upsample`; the
-    factor from its pixels to the SIDE frame), from a Pillow image or an RGB array."""
+def _grey(image) -> np.ndarray:
+    """uint8 [H, W] grey with the long side at SIDE, from a Pillow image or an RGB array."""
     a = np.asarray(image.convert("L") if isinstance(image, Image.Image) else image)
     if a.ndim == 3:
         a = cv2.cvtColor(np.ascontiguousarray(a[..., :3]), cv2.COLOR_RGB2GRAY)
     h, w = a.shape
     scale = SIDE / max(h, w)
-    if scale > 1 and not upsample:
-        return a, scale
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(a, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), 1.0
+    return cv2.resize(a, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
-def features(image, n: int = MAX_KEYPOINTS, upsample: bool = True) -> Features:
-    """The ORB features of an image (Pillow, RGB already; or uint8 [H, W(, 3)]), positions in the
-    SIDE frame. Without `upsample` a small image is searched at its own size (~2.5x fewer pixels
-    at 256 px: what the query side does; ORB's pyramid bridges the scales)."""
-    grey, to_frame = _grey(image, upsample)
-    keypoints, desc = _detector(n).detectAndCompute(grey, None)
+def features(image, n: int = MAX_KEYPOINTS) -> Features:
+    """The ORB features of an image (Pillow, RGB already; or uint8 [H, W(, 3)])."""
+    keypoints, desc = _detector(n).detectAndCompute(_grey(image), None)
     if desc is None or not keypoints:
         return EMPTY
-    return Features(np.array([k.pt for k in keypoints], np.float32) * np.float32(to_frame), desc)
+    return Features(np.array([k.pt for k in keypoints], np.float32), desc)
 
 
 def query_features(image: Image.Image) -> tuple[Features, Features]:
