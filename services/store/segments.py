@@ -1,0 +1,186 @@
+"""Append-only segment files on the data volume: each image's vector, copy-detection layouts and
+keypoints, one record per image and model key, found by the short location `<segment>:<offset>`
+that the image's Redis record keeps (services/store/vectors.py).
+
+    <vector_dir>/<segment>.seg    records, back to back; <segment> a number from Redis (`p:segments`)
+
+Several processes on several hosts write at once: each writing process appends only to a segment
+of its own (created with O_EXCL, so never shared), threads of a process take turns. A record is
+written and fsynced before its location is stored in Redis, so a location always names a whole
+record; a record torn by a crash is never named and stays as garbage, like the record of a chunk
+written twice or of a deleted image (nothing reclaims that space yet). Every record carries its
+image id, model key and a CRC: a location that does not lead to its image's record (a file lost
+with its host, another deployment's volume) reads as missing, never as another image's data.
+
+Record: header `VSR1`, body length u32, CRC-32 of the body u32; body: id and model key (u8 length
+each), vector dtype u8 (2: float16, 4: float32), dim u32, layouts and keypoints lengths u32, then
+the vector, the layouts (float16) and the keypoints (services/verify.py's packing).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"VSR1"
+_HEAD = struct.Struct("<4sII")
+_FIXED = struct.Struct("<BIII")  # vector dtype, dim, layouts bytes, keypoints bytes
+SEGMENT_MAX_BYTES = 1 << 30  # a writer starts a new segment past this
+OPEN_SEGMENTS = 64  # read handles kept per process
+READ_AHEAD = 16384  # one pread takes a typical record (2.5 KB vector, 2 KB layouts, ~9 KB keypoints)
+_DTYPES = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What one record holds; layouts and keypoints may be empty."""
+    vector: np.ndarray  # float32, 1-d
+    layouts: bytes = b""  # float16 [V, 256]
+    keypoints: bytes = b""
+
+
+def encode(image_id: str, model_key: str, vector: np.ndarray, dtype: np.dtype,
+           layouts: bytes = b"", keypoints: bytes = b"") -> bytes:
+    iid, mk = image_id.encode(), model_key.encode()
+    vec = np.asarray(vector, dtype.newbyteorder("<")).tobytes()
+    body = b"".join([bytes([len(iid)]), iid, bytes([len(mk)]), mk,
+                     _FIXED.pack(dtype.itemsize, len(vector), len(layouts), len(keypoints)), vec, layouts, keypoints])
+    return _HEAD.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def decode(data: bytes, image_id: str, model_key: str) -> Payload | int | None:
+    """The payload if `data` starts with a whole, intact record of (image_id, model_key); the
+    record's full length if `data` is too short to hold it; None if it is not that record."""
+    if len(data) < _HEAD.size:
+        return _HEAD.size
+    magic, length, crc = _HEAD.unpack_from(data)
+    if magic != MAGIC:
+        return None
+    if len(data) < _HEAD.size + length:
+        return _HEAD.size + length
+    body = memoryview(data)[_HEAD.size:_HEAD.size + length]
+    if zlib.crc32(body) != crc:
+        return None
+    pos = 1 + body[0]
+    iid = bytes(body[1:pos]).decode()
+    mk = bytes(body[pos + 1:pos + 1 + body[pos]]).decode()
+    pos += 1 + body[pos]
+    if (iid, mk) != (image_id, model_key):
+        return None
+    size, dim, n_layouts, n_keypoints = _FIXED.unpack_from(body, pos)
+    pos += _FIXED.size
+    vector = np.frombuffer(body[pos:pos + size * dim], _DTYPES[size]).astype(np.float32)
+    pos += size * dim
+    return Payload(vector, bytes(body[pos:pos + n_layouts]), bytes(body[pos + n_layouts:pos + n_layouts + n_keypoints]))
+
+
+class Segments:
+    """The segment files under `root`: append records, read them back by location. Thread-safe;
+    `new_segment()` gives a segment number never used before (the store's Redis counter)."""
+
+    def __init__(self, root: Path, new_segment):
+        self.root, self._new_segment = Path(root), new_segment
+        self._write_lock, self._read_lock = threading.Lock(), threading.Lock()
+        self._writer: tuple[int, int, int] | None = None  # (pid, segment, fd); a forked child opens its own
+        self._offset = 0
+        self._readers: OrderedDict[int, int] = OrderedDict()  # segment -> fd, least recently used first
+
+    def path(self, segment: int) -> Path:
+        return self.root / f"{segment:08d}.seg"
+
+    def append(self, records: list[bytes]) -> list[str]:
+        """Write the records to this process's segment, durably; their locations, in order."""
+        if not records:
+            return []
+        with self._write_lock:
+            segment, fd = self._writable(sum(map(len, records)))
+            try:
+                pending = memoryview(b"".join(records))
+                while pending:  # a write to a file stops short only on a full disk or a signal
+                    pending = pending[os.write(fd, pending):]
+                os.fsync(fd)
+            except BaseException:
+                self._close_writer()  # never append after a torn record: start a new segment
+                raise
+            locations = []
+            for r in records:
+                locations.append(f"{segment}:{self._offset}")
+                self._offset += len(r)
+            return locations
+
+    def read(self, located: list[tuple[str, str, str | None]]) -> list[Payload | None]:
+        """For each (image id, model key, location or None): its payload, or None where there is no
+        such intact record."""
+        return [self._read_one(*item) if item[2] else None for item in located]
+
+    def _read_one(self, image_id: str, model_key: str, location: str) -> Payload | None:
+        segment, offset = (int(x) for x in location.split(":"))
+        for attempt in range(2):  # a cached handle may predate the record (NFS): reopen once
+            try:
+                fd = self._reader(segment, fresh=attempt > 0)
+                data = os.pread(fd, READ_AHEAD, offset)
+                got = decode(data, image_id, model_key)
+                if isinstance(got, int):
+                    data = os.pread(fd, got, offset)
+                    got = decode(data, image_id, model_key)
+            except FileNotFoundError:
+                got = None
+            if isinstance(got, Payload):
+                return got
+        logger.warning("no intact record of %s (%s) at %s in %s", image_id, model_key, location, self.root)
+        return None
+
+    def _reader(self, segment: int, fresh: bool) -> int:
+        with self._read_lock:
+            fd = self._readers.pop(segment, None)
+            if fd is not None and fresh:
+                os.close(fd)
+                fd = None
+            if fd is None:
+                fd = os.open(self.path(segment), os.O_RDONLY)
+                while len(self._readers) >= OPEN_SEGMENTS:
+                    os.close(self._readers.popitem(last=False)[1])
+            self._readers[segment] = fd
+            return fd
+
+    def _writable(self, size: int) -> tuple[int, int]:
+        pid = os.getpid()
+        if self._writer and (self._writer[0] != pid or self._offset + size > SEGMENT_MAX_BYTES):
+            if self._writer[0] == pid:
+                self._close_writer()
+            self._writer = None  # a parent's segment stays the parent's
+        if self._writer is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            while True:
+                segment = self._new_segment()
+                try:
+                    fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                    break
+                except FileExistsError:  # another deployment's counter on this volume: take the next
+                    continue
+            self._writer, self._offset = (pid, segment, fd), 0
+        return self._writer[1], self._writer[2]
+
+    def _close_writer(self) -> None:
+        if self._writer:
+            try:
+                os.close(self._writer[2])
+            finally:
+                self._writer = None
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._writer and self._writer[0] == os.getpid():
+                self._close_writer()
+        with self._read_lock:
+            while self._readers:
+                os.close(self._readers.popitem()[1])
