@@ -111,10 +111,13 @@ class Segments:
             except BaseException:
                 self._close_writer()  # never append after a torn record: start a new segment
                 raise
+            # O_APPEND put the data at the end, wherever that was: locate it from where it ended
+            offset = os.lseek(fd, 0, os.SEEK_CUR) - sum(map(len, records))
             locations = []
             for r in records:
-                locations.append(f"{segment}:{self._offset}")
-                self._offset += len(r)
+                locations.append(f"{segment}:{offset}")
+                offset += len(r)
+            self._offset = offset
             return locations
 
     def read(self, located: list[tuple[str, str, str | None]]) -> list[Payload | None]:
