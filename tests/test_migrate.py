@@ -14,6 +14,7 @@ import pytest
 from services.index import Searcher, build_index
 from services.store import Store
 from services.store.migration import legacy_keys, migrate, remaining
+from tests import legacy_store
 from tests.workers import drop_prefix, isolated_settings, settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,23 +23,14 @@ N, DIM = 3000, 64
 
 
 def write_legacy(store: Store, n: int = N) -> dict:
-    """What put_vectors, put_layouts and put_features wrote before the segment files, key by key."""
     rng = np.random.default_rng(7)
     data = {"ids": [f"{i:064x}" for i in range(n)],
             "vectors": rng.standard_normal((n, DIM)).astype(np.float32),
             "layouts": rng.standard_normal((n, 4, 256)).astype(np.float16),
             "keypoints": [bytes(rng.integers(0, 256, 40 * (i % 5), np.uint8)) for i in range(n)]}
-    pipe = store.redis.pipeline(transaction=False)
-    for seq, (iid, v, lay, kp) in enumerate(zip(*data.values()), 1):
-        pipe.hset(store.key("image", iid), mapping={"source": f"photos/{seq}.jpg", "status": "indexed",
-                                                    "model": MODEL, "created_at": 1.0})
-        pipe.hset(store.key("vectors", MODEL), iid, v.tobytes())
-        pipe.hset(store.key("layouts", MODEL), iid, lay.tobytes())
-        pipe.hset(store.key("features"), iid, kp)
-        pipe.zadd(store.key("added", MODEL), {iid: seq})
-    pipe.sadd(store.key("models"), MODEL).set(store.key("seq"), n)
-    pipe.hset(store.key("layouts", MODEL), "no-vector", b"\0" * 2048)  # left by a chunk that failed
-    pipe.execute()
+    records = [{"source": f"photos/{i}.jpg", "created_at": 1.0} for i in range(n)]
+    legacy_store.write_legacy(store, MODEL, data["ids"], records, data["vectors"], data["layouts"], data["keypoints"])
+    store.redis.hset(store.key("layouts", MODEL), "no-vector", b"\0" * 2048)  # left by a chunk that failed
     return data
 
 

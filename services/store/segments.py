@@ -43,7 +43,7 @@ _DTYPES = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
 @dataclass(frozen=True)
 class Payload:
     """What one record holds; layouts and keypoints may be empty."""
-    vector: np.ndarray  # float32, 1-d
+    vector: np.ndarray  # 1-d, as stored (float16 or float32; the store returns float32 matrices)
     layouts: bytes = b""  # float16 [V, 256]
     keypoints: bytes = b""
 
@@ -78,7 +78,7 @@ def decode(data: bytes, image_id: str, model_key: str) -> Payload | int | None:
         return None
     size, dim, n_layouts, n_keypoints = _FIXED.unpack_from(body, pos)
     pos += _FIXED.size
-    vector = np.frombuffer(body[pos:pos + size * dim], _DTYPES[size]).astype(np.float32)
+    vector = np.frombuffer(body[pos:pos + size * dim], _DTYPES[size])
     pos += size * dim
     return Payload(vector, bytes(body[pos:pos + n_layouts]), bytes(body[pos + n_layouts:pos + n_layouts + n_keypoints]))
 
