@@ -48,12 +48,16 @@ class Payload:
     keypoints: bytes = b""
 
 
+def _names(image_id: str, model_key: str) -> bytes:
+    iid, mk = image_id.encode(), model_key.encode()
+    return bytes([len(iid)]) + iid + bytes([len(mk)]) + mk
+
+
 def encode(image_id: str, model_key: str, vector: np.ndarray, dtype: np.dtype,
            layouts: bytes = b"", keypoints: bytes = b"") -> bytes:
-    iid, mk = image_id.encode(), model_key.encode()
     vec = np.asarray(vector, dtype.newbyteorder("<")).tobytes()
-    body = b"".join([bytes([len(iid)]), iid, bytes([len(mk)]), mk,
-                     _FIXED.pack(dtype.itemsize, len(vector), len(layouts), len(keypoints)), vec, layouts, keypoints])
+    body = b"".join([_names(image_id, model_key), _FIXED.pack(dtype.itemsize, len(vector), len(layouts), len(keypoints)),
+                     vec, layouts, keypoints])
     return _HEAD.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
@@ -65,22 +69,18 @@ def decode(data: bytes, image_id: str, model_key: str) -> Payload | int | None:
     magic, length, crc = _HEAD.unpack_from(data)
     if magic != MAGIC:
         return None
-    if len(data) < _HEAD.size + length:
-        return _HEAD.size + length
-    body = memoryview(data)[_HEAD.size:_HEAD.size + length]
-    if zlib.crc32(body) != crc:
+    end = _HEAD.size + length
+    if len(data) < end:
+        return end
+    names = _names(image_id, model_key)
+    pos = _HEAD.size + len(names)
+    if data[_HEAD.size:pos] != names or zlib.crc32(memoryview(data)[_HEAD.size:end]) != crc:
         return None
-    pos = 1 + body[0]
-    iid = bytes(body[1:pos]).decode()
-    mk = bytes(body[pos + 1:pos + 1 + body[pos]]).decode()
-    pos += 1 + body[pos]
-    if (iid, mk) != (image_id, model_key):
-        return None
-    size, dim, n_layouts, n_keypoints = _FIXED.unpack_from(body, pos)
+    size, dim, n_layouts, n_keypoints = _FIXED.unpack_from(data, pos)
     pos += _FIXED.size
-    vector = np.frombuffer(body[pos:pos + size * dim], _DTYPES[size])
+    vector = np.frombuffer(data, _DTYPES[size], dim, pos)
     pos += size * dim
-    return Payload(vector, bytes(body[pos:pos + n_layouts]), bytes(body[pos + n_layouts:pos + n_layouts + n_keypoints]))
+    return Payload(vector, data[pos:pos + n_layouts], data[pos + n_layouts:pos + n_layouts + n_keypoints])
 
 
 class Segments:
