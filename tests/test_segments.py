@@ -63,6 +63,16 @@ def test_a_location_that_does_not_lead_to_its_record_reads_as_missing(store):
     assert store.get_vectors(MODEL, ["d"])[0] == ["d"]
 
 
+def test_vectors_are_read_without_the_layouts_and_keypoints(store):
+    """An index build reads and checks only a record's front: a lost tail costs the keypoints."""
+    vectors = add(store, ["a"], features=[b"k" * 9000])
+    seg = store.vector_dir / "00000001.seg"
+    os.truncate(seg, seg.stat().st_size - 100)
+    found, m = store.get_vectors(MODEL, ["a"])
+    assert found == ["a"] and np.array_equal(m[0], f16(vectors[0]))
+    assert store.get_features(["a"]) == [None] and store.get_vectors_and_layouts(MODEL, ["a"], (4, 256))[0] == []
+
+
 def test_a_torn_last_record_is_never_named(store, monkeypatch):
     add(store, ["a"])
     real_write = os.write

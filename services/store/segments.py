@@ -12,9 +12,10 @@ written twice or of a deleted image (nothing reclaims that space yet). Every rec
 image id, model key and a CRC: a location that does not lead to its image's record (a file lost
 with its host, another deployment's volume) reads as missing, never as another image's data.
 
-Record: header `VSR1`, body length u32, CRC-32 of the body u32; body: id and model key (u8 length
-each), vector dtype u8 (2: float16, 4: float32), dim u32, layouts and keypoints lengths u32, then
-the vector, the layouts (float16) and the keypoints (services/verify.py's packing).
+Record: header `VSR1`, body length u32, two CRC-32 u32 (of the front, of the rest); body, the front:
+id and model key (u8 length each), vector dtype u8 (2: float16, 4: float32), dim u32, layouts and
+keypoints lengths u32, the vector; the rest: the layouts (float16) and the keypoints
+(services/verify.py's packing). An index build reads and checks only the front (~2.7 KB of ~13.7).
 """
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MAGIC = b"VSR1"
-_HEAD = struct.Struct("<4sII")
+_HEAD = struct.Struct("<4sIII")  # magic, body length, CRC-32 of the front (names to vector), of the rest
 _FIXED = struct.Struct("<BIII")  # vector dtype, dim, layouts bytes, keypoints bytes
 SEGMENT_MAX_BYTES = 1 << 30  # a writer starts a new segment past this
 OPEN_SEGMENTS = 64  # read handles kept per process
-READ_AHEAD = 16384  # one pread takes a typical record (2.5 KB vector, 2 KB layouts, ~9 KB keypoints)
+# One pread takes a typical record (2.5 KB vector, 2 KB layouts, ~9 KB keypoints), or its vector.
+READ_AHEAD = {True: 16384, False: 4096}
 _DTYPES = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
 
 
@@ -56,31 +58,37 @@ def _names(image_id: str, model_key: str) -> bytes:
 def encode(image_id: str, model_key: str, vector: np.ndarray, dtype: np.dtype,
            layouts: bytes = b"", keypoints: bytes = b"") -> bytes:
     vec = np.asarray(vector, dtype.newbyteorder("<")).tobytes()
-    body = b"".join([_names(image_id, model_key), _FIXED.pack(dtype.itemsize, len(vector), len(layouts), len(keypoints)),
-                     vec, layouts, keypoints])
-    return _HEAD.pack(MAGIC, len(body), zlib.crc32(body)) + body
+    front = b"".join([_names(image_id, model_key), _FIXED.pack(dtype.itemsize, len(vector), len(layouts),
+                                                               len(keypoints)), vec])
+    rest = layouts + keypoints
+    return _HEAD.pack(MAGIC, len(front) + len(rest), zlib.crc32(front), zlib.crc32(rest)) + front + rest
 
 
-def decode(data: bytes, image_id: str, model_key: str) -> Payload | int | None:
-    """The payload if `data` starts with a whole, intact record of (image_id, model_key); the
-    record's full length if `data` is too short to hold it; None if it is not that record."""
-    if len(data) < _HEAD.size:
-        return _HEAD.size
-    magic, length, crc = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        return None
-    end = _HEAD.size + length
-    if len(data) < end:
-        return end
+def decode(data: bytes, image_id: str, model_key: str, whole: bool = True) -> Payload | int | None:
+    """The payload if `data` starts with an intact record of (image_id, model_key) (with `whole`
+    False, only its vector is read and checked); the length to read if `data` is too short to
+    tell; None if it is not that record."""
     names = _names(image_id, model_key)
-    pos = _HEAD.size + len(names)
-    if data[_HEAD.size:pos] != names or zlib.crc32(memoryview(data)[_HEAD.size:end]) != crc:
+    front = _HEAD.size + len(names) + _FIXED.size
+    if len(data) < front:
+        return front
+    magic, length, crc_front, crc_rest = _HEAD.unpack_from(data)
+    if magic != MAGIC or data[_HEAD.size:_HEAD.size + len(names)] != names:
         return None
-    size, dim, n_layouts, n_keypoints = _FIXED.unpack_from(data, pos)
-    pos += _FIXED.size
-    vector = np.frombuffer(data, _DTYPES[size], dim, pos)
-    pos += size * dim
-    return Payload(vector, data[pos:pos + n_layouts], data[pos + n_layouts:pos + n_layouts + n_keypoints])
+    size, dim, n_layouts, n_keypoints = _FIXED.unpack_from(data, front - _FIXED.size)
+    end = front + size * dim
+    needed = _HEAD.size + length if whole else end
+    if size not in _DTYPES or end + n_layouts + n_keypoints != _HEAD.size + length:
+        return None
+    if len(data) < needed:
+        return needed
+    view = memoryview(data)
+    if zlib.crc32(view[_HEAD.size:end]) != crc_front or (whole and zlib.crc32(view[end:needed]) != crc_rest):
+        return None
+    vector = np.frombuffer(data, _DTYPES[size], dim, front)
+    if not whole:
+        return Payload(vector)
+    return Payload(vector, data[end:end + n_layouts], data[end + n_layouts:needed])
 
 
 class Segments:
@@ -120,21 +128,20 @@ class Segments:
             self._offset = offset
             return locations
 
-    def read(self, located: list[tuple[str, str, str | None]]) -> list[Payload | None]:
+    def read(self, located: list[tuple[str, str, str | None]], whole: bool = True) -> list[Payload | None]:
         """For each (image id, model key, location or None): its payload, or None where there is no
-        such intact record."""
-        return [self._read_one(*item) if item[2] else None for item in located]
+        such intact record. `whole` False: the vectors only (what an index build reads)."""
+        return [self._read_one(*item, whole) if item[2] else None for item in located]
 
-    def _read_one(self, image_id: str, model_key: str, location: str) -> Payload | None:
+    def _read_one(self, image_id: str, model_key: str, location: str, whole: bool) -> Payload | None:
         segment, offset = (int(x) for x in location.split(":"))
         for attempt in range(2):  # a cached handle may predate the record (NFS): reopen once
             try:
                 fd = self._reader(segment, fresh=attempt > 0)
-                data = os.pread(fd, READ_AHEAD, offset)
-                got = decode(data, image_id, model_key)
-                if isinstance(got, int):
+                got = decode(os.pread(fd, READ_AHEAD[whole], offset), image_id, model_key, whole)
+                while isinstance(got, int):
                     data = os.pread(fd, got, offset)
-                    got = decode(data, image_id, model_key)
+                    got = decode(data, image_id, model_key, whole) if len(data) == got else None
             except FileNotFoundError:
                 got = None
             if isinstance(got, Payload):

@@ -163,16 +163,16 @@ class VectorStore:
         found = self._locate(keys=[self.key("image", iid) for iid in image_ids])
         return [(m.decode(), loc.decode()) if loc else None for m, loc in zip(found[::2], found[1::2])]
 
-    def _payloads(self, model_key: str, image_ids: list[str]) -> list[Payload | None]:
+    def _payloads(self, model_key: str, image_ids: list[str], whole: bool = True) -> list[Payload | None]:
         if not image_ids:
             return []
         locations = self._locations(model_key, image_ids)
-        return self.segments.read([(iid, model_key, loc) for iid, loc in zip(image_ids, locations)])
+        return self.segments.read([(iid, model_key, loc) for iid, loc in zip(image_ids, locations)], whole)
 
     def get_vectors(self, model_key: str, image_ids: Iterable[str]) -> tuple[list[str], np.ndarray]:
         """(ids found, matrix with one row each), in the order asked; missing ids are left out."""
         image_ids = list(image_ids)
-        found = [(i, p) for i, p in zip(image_ids, self._payloads(model_key, image_ids)) if p is not None]
+        found = [(i, p) for i, p in zip(image_ids, self._payloads(model_key, image_ids, whole=False)) if p is not None]
         return [i for i, _ in found], _to_matrix([p.vector for _, p in found])
 
     def get_vectors_and_layouts(self, model_key: str, image_ids: list[str], shape: tuple[int, int]
