@@ -3,8 +3,9 @@
     python benchmarks/engines.py [--images 4096] [--cluster]   # --cluster: also a local 3x2 Redis Cluster
 
 Records: the store writes an ingest chunk of 32 images makes (create_images, put_vectors of 1280-d
-float32 with layouts: segment files in a temporary directory, job_progress_many), from one client and from 4 client threads
-(workers), on the test Redis (db 15, a fresh prefix) and, with --cluster, on a local Redis Cluster.
+float32 with layouts: segment files in a temporary directory, job_progress_many), from one client
+and from 4 client threads (workers), on the test Redis (db 15, a fresh prefix) and, with --cluster,
+on a local Redis Cluster.
 Broker: ingest messages (32 items each, as start_job sends them) published with send_task and then
 consumed with a late ack, on Redis and on RabbitMQ (a vhost of its own). Synthetic vectors, no model.
 """

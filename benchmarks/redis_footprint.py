@@ -88,7 +88,8 @@ def scan_rate(scan, n: int) -> dict:
     """An index build's read of every vector: images per second and CPU µs per image."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     assert scan() == n
-    return {"images/s": round(n / (time.perf_counter() - t0)), "cpu us": round((time.process_time() - cpu0) / n * 1e6, 1)}
+    return {"images/s": round(n / (time.perf_counter() - t0)),
+            "cpu us": round((time.process_time() - cpu0) / n * 1e6, 1)}
 
 
 def legacy_scan(store: Store):

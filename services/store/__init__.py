@@ -67,10 +67,13 @@ class Store(ImageRecords, VectorStore, JobStore, IndexState):
         self.cluster = isinstance(client, RedisCluster)
         self.prefix = key_prefix(prefix, self.cluster)
         self.vector_dir = None if vector_dir is None else Path(vector_dir)
-        self._segments = None if vector_dir is None else Segments(vector_dir, lambda: self.redis.incr(self.key("segments")))
+        self._segments = None if vector_dir is None else Segments(vector_dir, self._new_segment)
         script = script_factory(client)
         for part in (ImageRecords, VectorStore, JobStore, IndexState):
             part._register_scripts(self, script)
+
+    def _new_segment(self) -> int:
+        return self.redis.incr(self.key("segments"))
 
     @property
     def segments(self) -> Segments:
