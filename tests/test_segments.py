@@ -38,6 +38,11 @@ def test_vector_layouts_and_keypoints_are_one_record(store):
     assert [p.name for p in store.vector_dir.iterdir()] == ["00000001.seg"]
     assert "vec:" + MODEL not in store.get_image("a")  # where it is stays out of the API's record
     store.put_features(["b"], [b"kp-b"])  # written later: a new copy of b's record
+    store.create_image("c")
+    with pytest.raises(ValueError, match="put_vectors"):  # before its vector: nowhere to put them
+        store.put_layouts(MODEL, ["c"], layouts[:1])
+    with pytest.raises(ValueError, match="put_vectors"):
+        store.put_features(["c", "gone"], [b"x", b"y"])
     assert store.get_features(["a", "b"]) == [b"kp-a" * 100, b"kp-b"]
     assert np.array_equal(store.get_vectors(MODEL, ["b"])[1][0], f16(vectors[1]))
 

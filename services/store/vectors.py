@@ -120,21 +120,31 @@ class VectorStore:
 
     def put_layouts(self, model_key: str, image_ids: list[str], layouts: np.ndarray) -> None:
         """Replace the layouts [N, V, 256] (stored float16) of images that have a vector of
-        model_key (others are skipped: layouts ride on the vector's record; ingest passes them
-        to put_vectors)."""
+        model_key. Layouts ride on the vector's record: before it exists, pass them to put_vectors
+        (ValueError here; deleted and unknown images are skipped)."""
         blobs = [np.asarray(x, np.float16).tobytes() for x in layouts]
+        self._check_located(image_ids, self._locations(model_key, image_ids))
         self._rewrite(model_key, image_ids, lambda p, i: Payload(p.vector, blobs[i], p.keypoints))
 
     def put_features(self, image_ids: list[str], blobs: list[bytes]) -> None:
         """Replace the packed keypoints (services/verify.py) of images with a vector, on the record
-        of the model key they are indexed by (others are skipped, as in put_layouts)."""
+        of the model key they are indexed by (before they have one: ValueError, as in put_layouts)."""
         by_model: dict[str, list[int]] = {}
-        for i, located in enumerate(self._locate_current_many(image_ids)):
+        current = self._locate_current_many(image_ids)
+        self._check_located(image_ids, current)
+        for i, located in enumerate(current):
             if located:
                 by_model.setdefault(located[0], []).append(i)
         for model_key, rows in by_model.items():
             self._rewrite(model_key, [image_ids[i] for i in rows],
                           lambda p, i, rows=rows: Payload(p.vector, p.layouts, blobs[rows[i]]))
+
+    def _check_located(self, image_ids: list[str], located: list) -> None:
+        missing = [iid for iid, loc in zip(image_ids, located) if not loc]
+        live = [r["id"] for r in self.get_images(missing) if r and r["status"] != "deleted"] if missing else []
+        if live:
+            raise ValueError(f"{len(live)} images (e.g. {live[0]}) have no vector record yet: layouts and keypoints "
+                             "ride on it, pass them to put_vectors")
 
     def _rewrite(self, model_key: str, image_ids: list[str], change) -> None:
         """Append a changed copy of each image's record and point the image at it (the old copy
