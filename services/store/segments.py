@@ -186,11 +186,3 @@ class Segments:
                 os.close(self._writer[2])
             finally:
                 self._writer = None
-
-    def close(self) -> None:
-        with self._write_lock:
-            if self._writer and self._writer[0] == os.getpid():
-                self._close_writer()
-        with self._read_lock:
-            while self._readers:
-                os.close(self._readers.popitem()[1])
