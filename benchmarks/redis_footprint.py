@@ -2,7 +2,7 @@
 keypoints in Redis hashes), the same deployment after `vsearch migrate`, and one written by today's
 ingest path; with the segment files' bytes per image and the migration's rate.
 
-    python benchmarks/redis_footprint.py [--images 5000]
+    python benchmarks/redis_footprint.py [--images 5000] [--source-chars 100] [--redis-url redis://...]
 
 Realistic records (a `photos/class_xxx/image_xxxxx.jpg` source, a label, size and format fields),
 1280-d unit vectors (EfficientNet-Lite0's width), layouts [4, 256] float16 and 9,000 bytes of
@@ -38,10 +38,14 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 MODEL, DIM, KEYPOINT_BYTES = "effnet_lite0:1", 1280, 9000
 
 
-def dataset(n: int, rng) -> dict:
+def dataset(n: int, rng, source_chars: int = 0) -> dict:
+    """`source_chars`: pad each source path to that length (a deep folder, a URL)."""
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    sources = [f"photos/class_{i % 1000:03d}/image_{i:05d}.jpg" for i in range(n)]
+    sources = ["d" * (source_chars - len(src) - 1) + "/" + src if source_chars > len(src) + 1 else src
+               for src in sources]
     return {"ids": [f"{i:064x}" for i in range(n)],
-            "records": [{"source": f"photos/class_{i % 1000:03d}/image_{i:05d}.jpg", "label": f"class_{i % 1000:03d}",
+            "records": [{"source": sources[i], "label": f"class_{i % 1000:03d}",
                          "width": 640, "height": 480, "format": "JPEG", "size_bytes": 100_000 + i,
                          "created_at": time.time()} for i in range(n)],
             "vectors": vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
@@ -110,13 +114,17 @@ def segment_bytes(store: Store, n: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--source-chars", type=int, default=0, help="pad source paths to this length")
+    parser.add_argument("--redis-url", default=REDIS_URL)
     args = parser.parse_args()
     n = args.images
-    data = dataset(n, np.random.default_rng(0))
-    out = {"images": n}
+    data = dataset(n, np.random.default_rng(0), args.source_chars)
+    client = connect(args.redis_url)
+    out = {"images": n, "source chars": len(data["records"][0]["source"]),
+           "hash-max-listpack-value": client.config_get("hash-max-listpack-value")["hash-max-listpack-value"]}
     for name in ("migrated", "ingested"):
         vector_dir = tempfile.mkdtemp(prefix="bench-vectors-")
-        store = Store(connect(REDIS_URL), f"bench-{uuid.uuid4().hex[:8]}:", vector_dir)
+        store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:", vector_dir)
         try:
             if name == "migrated":
                 write_legacy(store, MODEL, data["ids"], data["records"], data["vectors"], data["layouts"],
