@@ -10,6 +10,7 @@ with Annoy's raw query time beside it. Needs Redis on 127.0.0.1:6379 (db 14, own
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -44,7 +45,8 @@ def main() -> None:
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
 
     client = redis.Redis.from_url("redis://127.0.0.1:6379/14")
-    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:")
+    vector_dir = tempfile.mkdtemp(prefix="bench-vectors-")  # the segment files (services/store/segments.py)
+    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:", vector_dir)
     ids = [f"{i:064x}" for i in range(args.n)]
     model_key = "bench:1"
     try:
@@ -80,6 +82,7 @@ def main() -> None:
                           f"{hits / (10 * len(queries)):9.3f} {p(raw, 50):12.3f} {p(timed, 50):15.3f} "
                           f"{p(timed, 99):6.2f}", flush=True)
     finally:
+        shutil.rmtree(vector_dir)
         keys = list(client.scan_iter(match=store.prefix + "*", count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i:i + 500])

@@ -98,9 +98,7 @@ def write(store: Store, model_key: str, ids, vectors, layouts, features, batch: 
         chunk = ids[s:s + batch]
         store.create_images([(i, {"source": f"synthetic/{i[-8:]}.jpg", "width": 640, "height": 480,
                                   "size_bytes": 100_000, "format": "JPEG"}) for i in chunk])
-        store.put_vectors(model_key, chunk, vectors[s:s + batch])
-        store.put_layouts(model_key, chunk, layouts[s:s + batch])
-        store.put_features(chunk, features[s:s + batch])
+        store.put_vectors(model_key, chunk, vectors[s:s + batch], layouts[s:s + batch], features[s:s + batch])
 
 
 def peak_rss_mb(pid: int) -> float:

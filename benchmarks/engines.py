@@ -2,9 +2,10 @@
 
     python benchmarks/engines.py [--images 4096] [--cluster]   # --cluster: also a local 3x2 Redis Cluster
 
-Records: the store writes an ingest chunk of 32 images makes (create_images, put_layouts,
-put_vectors of 1280-d float32, job_progress_many), from one client and from 4 client threads
-(workers), on the test Redis (db 15, a fresh prefix) and, with --cluster, on a local Redis Cluster.
+Records: the store writes an ingest chunk of 32 images makes (create_images, put_vectors of 1280-d
+float32 with layouts: segment files in a temporary directory, job_progress_many), from one client
+and from 4 client threads (workers), on the test Redis (db 15, a fresh prefix) and, with --cluster,
+on a local Redis Cluster.
 Broker: ingest messages (32 items each, as start_job sends them) published with send_task and then
 consumed with a late ack, on Redis and on RabbitMQ (a vhost of its own). Synthetic vectors, no model.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -37,7 +39,8 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 def records_rate(url: str, images: int, threads: int) -> tuple[float, float]:
     """(images per second through the store writes of ingest, `threads` clients at once; Redis
     memory per image, every key of the records and the job counted)."""
-    store = Store(connect(url), f"bench-{uuid.uuid4().hex[:8]}:")
+    vector_dir = tempfile.mkdtemp(prefix="bench-vectors-")  # the segment files (services/store/segments.py)
+    store = Store(connect(url), f"bench-{uuid.uuid4().hex[:8]}:", vector_dir)
     store.create_job("j", images, "items")
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((CHUNK, DIM)).astype(np.float32)
@@ -47,8 +50,7 @@ def records_rate(url: str, images: int, threads: int) -> tuple[float, float]:
         for start in range(part * CHUNK, images, CHUNK * threads):
             ids = [f"{i:064x}" for i in range(start, start + CHUNK)]
             store.create_images([(i, {"source": i, "width": 300, "height": 250}) for i in ids])
-            store.put_layouts("m:1", ids, layouts)
-            store.put_vectors("m:1", ids, vectors)
+            store.put_vectors("m:1", ids, vectors, layouts)
             store.job_progress_many("j", [{"item": i, "done": 1} for i in ids])
 
     t0 = time.perf_counter()
@@ -61,6 +63,7 @@ def records_rate(url: str, images: int, threads: int) -> tuple[float, float]:
     assert store.get_job("j")["done"] == images
     size = sum(store.redis.memory_usage(k, samples=0) for k in store.redis.scan_iter(match=store.prefix + "*"))
     drop_prefix(store.redis, store.prefix)
+    shutil.rmtree(vector_dir)
     return rate, size / images
 
 

@@ -12,6 +12,7 @@ prefix, cleaned afterwards).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -77,7 +78,8 @@ def main() -> None:
     meta = Attributes.of(records)
 
     client = redis.Redis.from_url("redis://127.0.0.1:6379/14")
-    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:")
+    vector_dir = tempfile.mkdtemp(prefix="bench-vectors-")  # the segment files (services/store/segments.py)
+    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:", vector_dir)
     print(f"{args.n} x {args.dim} vectors, {args.queries} queries, k=10")
     try:
         t = time.perf_counter()
@@ -119,6 +121,7 @@ def main() -> None:
                 finally:
                     stop_process(proc)
     finally:
+        shutil.rmtree(vector_dir)
         keys = list(client.scan_iter(match=store.prefix + "*", count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i:i + 500])

@@ -53,16 +53,11 @@ def populate(settings: Settings, model_server: str, n: int, near: bool = True) -
     vectors = client.embed(arrays)
     real_ids = [image_id(p.read_bytes()) for p in photos]
     store.create_images([(i, {"source": p.name, "label": p.stem}) for i, p in zip(real_ids, photos)])
-    store.put_vectors(info.key, real_ids, vectors)
     from services import copy_detection
     layouts = copy_detection.index_layouts(arrays)
     features = _keypoints(photos)
-
-    def extras(ids, rows):  # layouts and keypoints of real photos, where the code stores them
-        store.put_layouts(info.key, ids, layouts[rows])
-        if hasattr(store, "put_features"):
-            store.put_features(ids, [features[r] for r in rows])
-    extras(real_ids, np.arange(len(photos)))
+    # layouts and keypoints of the real photos, also lent to the synthetic images
+    store.put_vectors(info.key, real_ids, vectors, layouts, features)
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, info.embedding_dim)).astype(np.float32)
     everyone = client.embed(np.stack([load_for_model(p.read_bytes(), 224) for p in imagenet_photos()]))
@@ -78,8 +73,8 @@ def populate(settings: Settings, model_server: str, n: int, near: bool = True) -
             synth = centres[rng.integers(0, 1000, count)] + 0.6 * rng.standard_normal((count, info.embedding_dim))
         ids = [f"{start + i:064x}" for i in range(count)]
         store.create_images([(i, {"source": "synthetic", "label": "synthetic"}) for i in ids])
-        store.put_vectors(info.key, ids, synth.astype(np.float32))
-        extras(ids, np.arange(start, start + count) % len(photos))
+        rows = np.arange(start, start + count) % len(photos)
+        store.put_vectors(info.key, ids, synth.astype(np.float32), layouts[rows], [features[r] for r in rows])
     build_index(store, info.key, settings.index_dir)
     client.close()
     return real_ids

@@ -1,5 +1,5 @@
-"""`vsearch backup DIR` and `vsearch restore DIR`: run beside the deployment (they read its Redis
-and data directory from the VSEARCH_ settings), not through the gateway."""
+"""`vsearch backup DIR`, `vsearch restore DIR` and `vsearch migrate`: run beside the deployment (they
+read its Redis and data directory from the VSEARCH_ settings), not through the gateway."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,4 +36,25 @@ def restore_cmd(src: Path):
     click.echo(f"restored {manifest['images']} images from {src}")
 
 
-COMMANDS = [backup_cmd, restore_cmd]
+@click.command("migrate")
+@click.option("--batch", default=500, show_default=True, help="Images moved per step.")
+def migrate_cmd(batch: int):
+    """Move vectors, layouts and keypoints from Redis into the segment files on the data volume
+    (deployments made before they moved there). Resumable: run it again after an interruption."""
+    from services.config import Settings
+    from services.store import Store
+    from services.store.migration import migrate, remaining
+    settings = Settings.from_env()
+    store = Store.from_settings(settings)
+    left = remaining(store)
+    if not left:
+        click.echo("nothing to migrate: no vectors left in Redis")
+    summary = migrate(store, batch, lambda mk, done, total: click.echo(f"{mk}: {done}/{total}"))
+    for mk in summary.moved:
+        click.echo(f"{mk}: {summary.moved[mk]} moved, {summary.already[mk]} moved by an earlier run, "
+                   f"{summary.dropped[mk]} of deleted images dropped")
+    click.echo(f"done in {summary.seconds:.1f} s: the vectors are in {settings.vector_dir}; "
+               f"{remaining(store)} left in Redis")
+
+
+COMMANDS = [backup_cmd, restore_cmd, migrate_cmd]

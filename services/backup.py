@@ -83,15 +83,13 @@ def restore(store: Store, settings, src: Path) -> dict:
     for mk, part in manifest["models"].items():
         data = np.load(src / part["file"])
         ids = [str(i) for i in data["ids"]]
-        for start in range(0, len(ids), 1000):
-            chunk = slice(start, start + 1000)
-            store.put_vectors(mk, ids[chunk], data["vectors"][chunk])
-            store.put_layouts(mk, ids[chunk], data["layouts"][chunk])
+        keypoints = [b""] * len(ids)
         if "keypoints" in data:  # backups made before keypoints were stored have none
             ends = data["keypoint_ends"]
-            blobs = np.split(data["keypoints"], ends[:-1]) if len(ends) else []
-            keep = [(iid, b.tobytes()) for iid, b in zip(ids, blobs) if len(b)]
-            store.put_features([iid for iid, _ in keep], [b for _, b in keep])
+            keypoints = [b.tobytes() for b in np.split(data["keypoints"], ends[:-1])] if len(ends) else []
+        for start in range(0, len(ids), 1000):
+            chunk = slice(start, start + 1000)
+            store.put_vectors(mk, ids[chunk], data["vectors"][chunk], data["layouts"][chunk], keypoints[chunk])
     for name, mk in manifest["active_model"].items():
         if mk:
             store.adopt_model(name, mk)

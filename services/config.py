@@ -113,6 +113,11 @@ class Settings:
     def index_dir(self) -> Path:
         return self.data_dir / "index"
 
+    @property
+    def vector_dir(self) -> Path:
+        """The segment files of every image's vector, layouts and keypoints (services/store/segments.py)."""
+        return self.data_dir / "vectors"
+
 
 def _parse(name: str, type_name: str, raw: str):
     try:

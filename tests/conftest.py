@@ -84,8 +84,9 @@ def records_url(request):
 
 
 @pytest.fixture
-def store(records_url):
-    """A Store under a key prefix of its own (single Redis and cluster), removed afterwards."""
+def store(records_url, tmp_path_factory):
+    """A Store under a key prefix of its own (single Redis and cluster), removed afterwards; its
+    segment files in a directory of their own (tests list what they write to tmp_path)."""
     import uuid
 
     from services.store import Store
@@ -93,7 +94,7 @@ def store(records_url):
     from tests.workers import drop_prefix
     client = connect(records_url)
     prefix = f"test:{uuid.uuid4().hex}:"
-    yield Store(client, prefix)
+    yield Store(client, prefix, tmp_path_factory.mktemp("vectors"))
     drop_prefix(client, Store(client, prefix).prefix)
     client.close()
 

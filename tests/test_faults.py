@@ -165,7 +165,7 @@ def test_redis_restarted_mid_job_loses_no_acknowledged_image(owned, model_server
     paths = variants(photos, tmp_path / "many")
     job_id = submit_job(app, store, {"kind": "directory", "directory": str(tmp_path / "many")})
     wait_until(lambda: (store.get_job(job_id) or {}).get("done", 0) >= 9, 60, "9 images done")
-    acknowledged = {k.decode() for k in store.redis.hkeys(store.key("vectors", MODEL_KEY))}
+    acknowledged = {k.decode() for k in store.redis.zrange(store.key("added", MODEL_KEY), 0, -1)}
     done_before = store.get_job(job_id)["done"]
     crashed = owned["procs"].pop()
     crashed.kill()
@@ -173,7 +173,7 @@ def test_redis_restarted_mid_job_loses_no_acknowledged_image(owned, model_server
     time.sleep(2)
     owned["procs"].append(start_redis(port, rdir, rlog))
 
-    kept = {k.decode() for k in store.redis.hkeys(store.key("vectors", MODEL_KEY))}
+    kept = {k.decode() for k in store.redis.zrange(store.key("added", MODEL_KEY), 0, -1)}
     assert acknowledged <= kept, f"lost {len(acknowledged - kept)} acknowledged vectors"
     assert store.get_job(job_id)["done"] >= done_before
     job = wait_for_job(store, job_id, timeout_s=90, workers=[worker])

@@ -24,6 +24,11 @@ def unit(rng, n, d=8):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def f16(v):
+    """What the store gives back: vectors are stored as float16 (services/store/vectors.py)."""
+    return np.asarray(v, np.float16).astype(np.float32)
+
+
 KEY_TEXT = st.text(max_size=12) | st.text(alphabet="ab:{}", max_size=12)  # braces often
 
 
@@ -117,7 +122,7 @@ def test_vectors_and_layouts_come_together_in_the_order_asked(store):
     store.put_layouts(MODEL, ["c", "a"], layouts)  # "b" has none
     ids, m, lay = store.get_vectors_and_layouts(MODEL, ["c", "missing", "b", "a"], (4, 256))
     assert ids == ["c", "b", "a"]
-    assert np.array_equal(m, vectors[[2, 1, 0]])
+    assert np.array_equal(m, f16(vectors[[2, 1, 0]]))
     assert np.array_equal(lay[0], layouts[0].astype(np.float32)) and np.array_equal(lay[2], layouts[1].astype(np.float32))
     assert not lay[1].any()  # no layout stored: zeros, so no layout bonus
     assert store.get_vectors_and_layouts(MODEL, [], (4, 256))[2].shape == (0, 4, 256)
@@ -133,7 +138,7 @@ def test_vector_write_is_atomic_and_not_duplicated(store):
     assert store.current_seq() == seq
     assert store.added_since(MODEL, 0) == [("a", seq)]
     ids, m = store.get_vectors(MODEL, ["a", "missing"])
-    assert ids == ["a"] and np.array_equal(m[0], v) and m.dtype == np.float32
+    assert ids == ["a"] and np.array_equal(m[0], f16(v)) and m.dtype == np.float32
     img = store.get_image("a")
     assert img["status"] == "indexed" and img["model"] == MODEL
     assert store.get_vectors("other:1", ["a"])[0] == []  # models never mix
@@ -158,7 +163,7 @@ def test_iter_vectors_reads_everything_once_in_chunks(store):
         assert matrix.shape == (len(chunk_ids), 8)
         got.update(zip(chunk_ids, matrix))
     assert len(got) == 2500 and store.count_vectors(MODEL) == 2500
-    assert np.array_equal(got["i42"], vecs[42])
+    assert np.array_equal(got["i42"], f16(vecs[42]))
     assert list(store.iter_vectors("empty:1")) == []
 
 

@@ -146,8 +146,6 @@ def _index(ctx: Context, job_id: str, decoded: list[_Decoded], info, updates: li
     if not ready:
         return 0, 0
     layouts = copy_detection.index_layouts(np.stack([d.array for d in ready]))
-    store.put_layouts(info.key, [d.image_id for d in ready], layouts)
-    store.put_features([d.image_id for d in ready], [d.features for d in ready])
     return _store_vectors(ctx, job_id, ready, vectors, layouts, info.key, updates), len(ready)
 
 
@@ -216,7 +214,7 @@ def _store_vectors(ctx: Context, job_id: str, ready: list[_Decoded], vectors: np
                    model_key: str, updates: list[dict]) -> int:
     matches = _near_duplicates(ctx, ready, vectors, layouts, model_key)
     ids = [d.image_id for d in ready]
-    added = ctx.store.put_vectors(model_key, ids, vectors)
+    added = ctx.store.put_vectors(model_key, ids, vectors, layouts, [d.features for d in ready])
     new = [i for i, a in enumerate(added) if a]
     if new:  # Milvus indexes here (Annoy reads the store's log)
         ctx.searcher.add([ids[i] for i in new], vectors[new], ctx.store.get_images([ids[i] for i in new]))

@@ -1,14 +1,15 @@
-"""Redis as the system of record: image metadata, vectors, jobs and the published index pointer.
+"""Redis as the system of record: image metadata, jobs and the published index pointer; each image's
+vector, layouts and keypoints in segment files on the data volume (`segments`), located from Redis.
 
 Key layout, all under the prefix `p` (Settings.redis_prefix):
 
-    p:image:<id>              hash    metadata (IMAGE_FIELDS); id = hex SHA-256 of the original bytes
-    p:vectors:<model_key>     hash    image id -> float32 bytes, one hash per "model:version"
+    p:image:<id>              hash    metadata (IMAGE_FIELDS); id = hex SHA-256 of the original bytes;
+                                      and `vec:<model_key>`: where its vector, layouts and keypoints are
     p:added:<model_key>       zset    image id scored by seq: the log of vector writes
     p:deleted                 zset    deleted image id scored by seq
     p:seq                     string  one counter for vector writes and deletions (see below)
     p:models                  set     model keys that have vectors
-    p:features                hash    image id -> packed ORB keypoints (services/verify.py), any model
+    p:segments                string  the last segment file number given to a writer (segments.py)
     p:jobs                    zset    job ids by creation time, newest MAX_LISTED_JOBS kept
     p:job:<id>                hash    job state and counters
     p:job:<id>:errors         list    JSON {"item", "error"}, the first MAX_JOB_ERRORS kept
@@ -35,6 +36,8 @@ keys of a deployment share one slot and every script and transaction stays legal
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from redis.cluster import RedisCluster
 
 from services.store.common import image_id
@@ -43,6 +46,7 @@ from services.store.duplicates import DuplicateStore
 from services.store.images import IMAGE_FIELDS, STATUSES, ImageRecords, check_label
 from services.store.index_state import IndexState
 from services.store.jobs import JOB_TTL_S, MAX_JOB_ERRORS, MAX_LISTED_JOBS, JobStore
+from services.store.segments import Segments
 from services.store.vectors import VectorStore
 
 __all__ = ["Store", "DuplicateStore", "check_label", "image_id", "IMAGE_FIELDS", "STATUSES", "JOB_TTL_S",
@@ -53,22 +57,35 @@ class Store(ImageRecords, VectorStore, JobStore, IndexState):
     """One Redis client and key prefix; each part (images, vectors, jobs, index state) lives in its
     own module of this package and adds its methods and Lua scripts here."""
 
-    def __init__(self, client, prefix: str = "vsearch:"):
-        """`client`: a redis.Redis or a redis.cluster.RedisCluster."""
+    def __init__(self, client, prefix: str = "vsearch:", vector_dir: Path | None = None):
+        """`client`: a redis.Redis or a redis.cluster.RedisCluster; `vector_dir`: the segment files
+        (Settings.vector_dir, shared by every host of the deployment); without it the store holds
+        records only, and reading or writing vectors raises RuntimeError."""
         if decodes_responses(client):
             raise ValueError("Store needs a Redis client with decode_responses=False (vectors are bytes)")
         self.redis = client
         self.cluster = isinstance(client, RedisCluster)
         self.prefix = key_prefix(prefix, self.cluster)
+        self.vector_dir = None if vector_dir is None else Path(vector_dir)
+        self._segments = None if vector_dir is None else Segments(vector_dir, self._new_segment)
         script = script_factory(client)
         for part in (ImageRecords, VectorStore, JobStore, IndexState):
             part._register_scripts(self, script)
+
+    def _new_segment(self) -> int:
+        return self.redis.incr(self.key("segments"))
+
+    @property
+    def segments(self) -> Segments:
+        if self._segments is None:
+            raise RuntimeError("this Store was made without a vector_dir: it holds no vectors")
+        return self._segments
 
     @classmethod
     def from_settings(cls, settings, **redis_kwargs) -> "Store":
         # Explicit timeouts: a stuck Redis must fail a request, not hang a gateway thread.
         kwargs = dict(socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30)
-        return cls(connect(settings.redis_url, **(kwargs | redis_kwargs)), settings.redis_prefix)
+        return cls(connect(settings.redis_url, **(kwargs | redis_kwargs)), settings.redis_prefix, settings.vector_dir)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)

@@ -56,8 +56,8 @@ if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
 if #ARGV > 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
 return 1
 """
-# KEYS: image, deleted, seq, models, then per model key (ARGV[2..]) its vectors, added and layouts
-# keys. The caller read the model keys first: if they changed since, -1 (read them and call again).
+# KEYS: image, deleted, seq, models, then per model key (ARGV[2..]) its log (`added`). The caller
+# read the model keys first: if they changed since, -1 (read them and call again).
 _DELETE_IMAGE = """
 local models = redis.call('SMEMBERS', KEYS[4])
 if #models ~= #ARGV - 1 then return -1 end
@@ -71,13 +71,17 @@ if not status then return 0 end
 if status == 'deleted' then return 1 end
 redis.call('HSET', KEYS[1], 'status', 'deleted')
 redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
-for i = 5, #KEYS, 3 do
-  redis.call('HDEL', KEYS[i], ARGV[1])
-  redis.call('ZREM', KEYS[i + 1], ARGV[1])
-  redis.call('HDEL', KEYS[i + 2], ARGV[1])
+for i = 2, #ARGV do
+  redis.call('HDEL', KEYS[1], 'vec:' .. ARGV[i])
+  redis.call('ZREM', KEYS[3 + i], ARGV[1])
 end
 return 1
 """
+
+
+def _without_locations(raw: dict) -> dict:
+    """The record's fields without where its vectors are (services/store/vectors.py)."""
+    return {k: v for k, v in raw.items() if not k.startswith(b"vec:")}
 
 
 class ImageRecords:
@@ -127,7 +131,7 @@ class ImageRecords:
         pipe = self.redis.pipeline(transaction=False)
         for iid in image_ids:
             pipe.hgetall(self.key("image", iid))
-        return [{"id": iid} | dict.fromkeys(IMAGE_FIELDS) | _decode(raw, _TYPES) if raw else None
+        return [{"id": iid} | dict.fromkeys(IMAGE_FIELDS) | _decode(_without_locations(raw), _TYPES) if raw else None
                 for iid, raw in zip(image_ids, pipe.execute())]
 
     def update_image(self, image_id: str, **fields) -> bool:
@@ -152,14 +156,12 @@ class ImageRecords:
         return [bool(r) for r in results]
 
     def delete_image(self, image_id: str) -> bool:
-        """Tombstone the record and drop its vectors, layouts, keypoints and log entries; False if unknown."""
+        """Tombstone the record and drop its log entries and where its vectors, layouts and keypoints
+        are (their records stay in the segment files, unreachable); False if unknown."""
         while True:
             models = self.model_keys()
             keys = [self.key("image", image_id), self.key("deleted"), self.key("seq"), self.key("models")]
-            for model_key in models:
-                keys += [self.key("vectors", model_key), self.key("added", model_key), self.key("layouts", model_key)]
+            keys += [self.key("added", model_key) for model_key in models]
             result = self._delete_image(keys=keys, args=[image_id, *models])
-            if result > 0:  # its keypoints are model-independent (services/verify.py)
-                self.redis.hdel(self.key("features"), image_id)
             if result >= 0:
                 return bool(result)
