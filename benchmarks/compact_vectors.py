@@ -160,6 +160,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_embeddings(root: Path, client, out: Path) -> None:
+    from services import images
+    size = client.info().input_size[0]
+    paths = sorted(p for s in ("dev", "test") for p in (root / s).rglob("*") if p.is_file())
+    emb = np.concatenate([client.embed(np.stack([images.prepare(images.decode(p, draft_for=size), size)
+                                                 for p in paths[i:i + 32]])) for i in range(0, len(paths), 32)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, emb)
+    print(f"{len(emb)} embeddings saved to {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", type=Path, default=ROOT / "var/eval/collection")
@@ -167,6 +178,8 @@ def main() -> None:
     parser.add_argument("--model-base", type=Path, default=ROOT / "var/models")
     parser.add_argument("--model-server")
     parser.add_argument("--out", type=Path, default=ROOT / "var/eval/compact_vectors.json")
+    parser.add_argument("--embeddings-only", type=Path, metavar="NPY",
+                        help="only embed both splits' images and save them here (benchmarks/million.py's --real)")
     args = parser.parse_args()
     from evaluation.server import local_model_server
     from services.tfs_client import ModelClient
@@ -174,6 +187,8 @@ def main() -> None:
     server = nullcontext(args.model_server) if args.model_server else local_model_server(args.model_base, precision="fp32")
     with server as target:
         client = ModelClient(target, "effnet_lite0", timeout_s=60)
+        if args.embeddings_only:
+            return save_embeddings(args.collection, client, args.embeddings_only)
         splits = {s: ce.load_split(args.collection, s, client) for s in ("dev", "test")}
         print(f"dev {len(splits['dev'].paths)} images, test {len(splits['test'].paths)}", flush=True)
         results = {"dev": run_split(splits["dev"], splits["test"], client, edits.DEV_SEED, args.per_family, print),
