@@ -6,7 +6,9 @@ same projection, saved beside the file (`<base>.pca`). The projection is not cen
 directions that carry most of the vectors' energy (their common direction first), so the cosine of
 two projected vectors, normalised again, stays close to their cosine in the model's space. On the
 evaluation collection's dev split it also ranked better than the centred PCA (docs/benchmarks.md,
-"Compact vectors"). The index only shortlists: the re-rank and the verdicts read the stored full vectors, so the scores an index search returns are cosines in its own space.
+"Compact vectors"). The index only shortlists: the re-rank and the verdicts read the stored full
+vectors, so the scores an index search returns are cosines in its own space. The projection is
+fitted on the first FIT_SAMPLE vectors the builder reads (the store's order), once per build.
 """
 from __future__ import annotations
 
