@@ -307,7 +307,8 @@ def test_pca_index_projects_items_queries_and_fresh_items(store, tmp_path):
     both = low_rank(2050, seed=2)
     vecs, queries = both[:2000], both[2000:]
     ids = add(store, vecs)
-    info = build(store, tmp_path, pca_dims=24)
+    assert request_build(store, MODEL)
+    [info] = run_coalesced_build(store, MODEL, tmp_path, n_trees=4, n_jobs=1, pca_dims=24)  # the builder task's call
     assert (info["dim"], info["input_dim"]) == (24, 128) and store.get_index_info(MODEL)["input_dim"] == 128
     assert info["size"] % (12 + 4 * 24) == 0 and (tmp_path / info["path"]).with_suffix(".pca").exists()
     searcher = Searcher(store, MODEL, tmp_path, search_k_factor=8)
