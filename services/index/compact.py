@@ -1,14 +1,15 @@
 """Compact index vectors: a PCA projection fitted on the vectors at build time (VSEARCH_INDEX_PCA).
 
-The Annoy file then holds D' < D floats per item (256 instead of 1280: 0.29x the file at a
-million items, and of the page cache every gateway host spends on it), and the searcher projects
-each query with the same projection, saved beside the file (`<base>.pca`). The projection is not centred: it keeps the
-directions that carry most of the vectors' energy (their common direction first), so the cosine of
-two projected vectors, normalised again, stays close to their cosine in the model's space. On the
-evaluation collection's dev split it also ranked better than the centred PCA (docs/benchmarks.md,
-"Compact vectors"). The index only shortlists: the re-rank and the verdicts read the stored full
-vectors, so the scores an index search returns are cosines in its own space. The projection is
-fitted on the first FIT_SAMPLE vectors the builder reads (the store's order), once per build.
+The Annoy file then holds D' < D floats per item (256 instead of 1280: 0.29x the file at a million
+items, and of the page cache every gateway host spends on it), and the searcher projects each query
+with the same projection, saved beside the file (`<base>.pca`). The projection is not centred: it
+keeps the directions that carry most of the vectors' energy (their common direction first), so the
+cosine of two projected vectors, normalised again, stays close to their cosine in the model's space.
+On the evaluation collection's dev split it also ranked better than the centred PCA
+(docs/benchmarks.md, "Compact vectors"). The index only shortlists: the re-rank and the verdicts
+read the stored full vectors, so the scores an index search returns are cosines in its own space.
+The projection is fitted on the first FIT_SAMPLE vectors the builder reads (the store's order), once
+per build.
 """
 from __future__ import annotations
 
