@@ -1,6 +1,7 @@
 """Building and publishing index files; coalesced rebuilds under one Redis lock."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -9,8 +10,6 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-
-import itertools
 
 import numpy as np
 import redis

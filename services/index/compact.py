@@ -26,10 +26,6 @@ class Projection:
     components: np.ndarray  # [D', D] float32, orthonormal rows
 
     @property
-    def dims(self) -> int:
-        return self.components.shape[0]
-
-    @property
     def input_dim(self) -> int:
         return self.components.shape[1]
 
@@ -53,8 +49,8 @@ class Projection:
 
 def fit(sample, dims: int) -> Projection:
     """The `dims` leading right singular vectors of the (unit-length) sample: the uncentred PCA.
-    Needs no more than `dims` <= D; fewer sample rows than `dims` leave the extra components
-    arbitrary but orthonormal, which costs nothing but space."""
+    `dims` is at most D; with fewer sample rows than `dims` the extra components are arbitrary
+    (but orthonormal)."""
     x = np.asarray(sample, np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     if not 0 < dims <= x.shape[1]:
