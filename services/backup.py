@@ -94,7 +94,7 @@ def restore(store: Store, settings, src: Path) -> dict:
         if mk:
             store.adopt_model(name, mk)
     for mk in manifest["models"]:
-        build_index(store, mk, settings.index_dir, n_trees=manifest["index"]["n_trees"])
+        build_index(store, mk, settings.index_dir, n_trees=manifest["index"]["n_trees"], pca_dims=settings.index_pca)
     return manifest
 
 

@@ -58,6 +58,9 @@ class Settings:
     # recall against query time, measured in docs/benchmarks.md.
     index_trees: int = 32
     search_k_factor: int = 4
+    # Annoy: project the vectors to this many dimensions in the index file (PCA fitted at each build,
+    # services/index/compact.py; 0: the model's own vectors). Quality and memory: docs/benchmarks.md.
+    index_pca: int = 0
     # Where vectors are indexed: "annoy" (files on this host, built by the index builder) or
     # "milvus" (a Milvus server at milvus_uri: inserts and deletes at once, no builds).
     index_backend: str = "annoy"

@@ -13,7 +13,7 @@ from evaluation import transforms
 from gateway import create_app
 from services.store import Store, image_id
 from tests.conftest import Deployment, imagenet_label, serving_image
-from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_job
+from tests.workers import WorkerProcess, drop_keys, isolated_settings, wait_for_index, wait_for_job
 
 COLLECTIONS = ("alpha", "beta")  # photos 0-9 and 10-19
 
@@ -25,10 +25,14 @@ def jpeg(path, edit=None, quality=None) -> bytes:
     return transforms.to_jpeg_bytes(im, quality=quality) if quality else transforms.to_jpeg_bytes(im)
 
 
-@pytest.fixture(scope="module", params=["annoy", "milvus"])
+@pytest.fixture(scope="module", params=["annoy", "annoy-pca", "milvus"])
 def deployment(request, tmp_path_factory, model_server, photos) -> Deployment:
-    """One deployment per backend, the 20 photos indexed by two directory jobs, one per collection."""
-    backend = {"index_backend": request.param}
+    """One deployment per backend, the 20 photos indexed by two directory jobs, one per collection.
+    `annoy-pca`: the Annoy file holds the vectors projected to 16 dimensions (VSEARCH_INDEX_PCA),
+    built before the tests run, so they search the projected index, not the fresh items."""
+    backend = {"index_backend": request.param.split("-")[0]}
+    if request.param == "annoy-pca":
+        backend["index_pca"] = 16
     if request.param == "milvus":
         backend["milvus_uri"] = request.getfixturevalue("milvus_uri")
     tmp = tmp_path_factory.mktemp(f"backend-{request.param}")
@@ -48,6 +52,9 @@ def deployment(request, tmp_path_factory, model_server, photos) -> Deployment:
             assert answer.status_code == 202, answer.json
             job = wait_for_job(store, answer.json["job_id"], workers=[worker])
             assert (job["done"], job["failed"]) == (10, 0)
+        if request.param == "annoy-pca":
+            [model_key] = store.model_keys()
+            assert wait_for_index(store, model_key, 20)["input_dim"] == 1280
         yield d
     finally:
         worker.stop()

@@ -292,3 +292,54 @@ def test_redis_that_lost_data_makes_the_searcher_start_over(store, tmp_path):
     hits = dict(searcher.search(survivor[0], k=10))
     assert list(hits) == [survivor_id] and searcher.status()["version"] == 0
     assert extra_id not in hits and not set(old_ids) & set(hits)
+
+
+def low_rank(n, d=128, rank=24, seed=0):
+    """Clustered vectors whose energy lies mostly in `rank` directions, as a CNN's do."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0][:, :rank]
+    v = clustered(n, d=rank, clusters=30, noise=0.5, seed=seed) @ basis.T
+    v += 0.05 * rng.standard_normal((n, d)) / np.sqrt(d)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_pca_index_projects_items_queries_and_fresh_items(store, tmp_path):
+    both = low_rank(2050, seed=2)
+    vecs, queries = both[:2000], both[2000:]
+    ids = add(store, vecs)
+    assert request_build(store, MODEL)
+    [info] = run_coalesced_build(store, MODEL, tmp_path, n_trees=4, n_jobs=1, pca_dims=24)  # the builder task's call
+    assert (info["dim"], info["input_dim"]) == (24, 128) and store.get_index_info(MODEL)["input_dim"] == 128
+    assert info["size"] % (12 + 4 * 24) == 0 and (tmp_path / info["path"]).with_suffix(".pca").exists()
+    searcher = Searcher(store, MODEL, tmp_path, search_k_factor=8)
+    exact = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
+    found = [searcher.search(q, k=10) for q in queries]
+    recall = np.mean([len({i for i, _ in r} & {ids[j] for j in e}) / 10 for r, e in zip(found, exact)])
+    assert recall >= 0.9, recall  # against exact search in the model's own space
+    assert searcher.search(vecs[5], k=1) == [(ids[5], pytest.approx(1.0, abs=1e-4))]
+    with pytest.raises(ValueError, match="128"):
+        searcher.search(np.ones(24))
+
+    late = low_rank(3, seed=8)
+    late_ids = add(store, late)  # fresh: searched exactly, in the index's space
+    assert [searcher.search(v, k=1)[0][0] for v in late] == late_ids
+    assert searcher.status()["fresh"] == 3
+
+    plain = build(store, tmp_path)  # the next build without a projection: the fresh rows are read again
+    assert (plain["input_dim"], plain["dim"]) == (0, 128)
+    store.create_image("after")
+    store.put_vectors(MODEL, ["after"], [queries[0]])
+    assert searcher.search(queries[0], k=1) == [("after", pytest.approx(1.0, abs=1e-5))]
+    assert searcher.search(late[1], k=1)[0][0] == late_ids[1]
+    assert searcher.status()["version"] == plain["version"] and searcher.status()["fresh"] == 1
+    build(store, tmp_path)
+    assert not list(tmp_path.glob("*.pca"))  # removed with the version it belonged to
+
+
+def test_pca_file_that_does_not_match_is_refused(store, tmp_path):
+    add(store, low_rank(300))
+    info = build(store, tmp_path, pca_dims=16)
+    with open((tmp_path / info["path"]).with_suffix(".pca"), "wb") as f:
+        np.save(f, np.zeros((16, 64), np.float32))
+    with pytest.raises(IndexLoadError, match="projects to"):
+        load_index(tmp_path, store.get_index_info(MODEL))

@@ -106,7 +106,7 @@ def build_index(model_key: str) -> list[dict]:
     ctx = context.get_context()
     s = ctx.settings
     builds = run_coalesced_build(ctx.store, model_key, s.index_dir, n_trees=s.index_trees,
-                                 lock_ttl_s=s.index_lock_ttl_s)
+                                 lock_ttl_s=s.index_lock_ttl_s, pca_dims=s.index_pca)
     for info in builds:
         logger.info("index %s version %s published: %s vectors", model_key, info.get("version"), info.get("count"))
     return builds

@@ -1,6 +1,7 @@
 """Building and publishing index files; coalesced rebuilds under one Redis lock."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -10,9 +11,11 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import redis
 from annoy import AnnoyIndex
 
+from services.index import compact
 from services.index.filters import Attributes
 from services.store import Store
 
@@ -53,8 +56,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def build_index(store: Store, model_key: str, index_dir, n_trees: int = N_TREES, n_jobs: int = -1) -> dict:
-    """Build an index of every live vector of model_key, publish it, return its Redis record."""
+def build_index(store: Store, model_key: str, index_dir, n_trees: int = N_TREES, n_jobs: int = -1,
+                pca_dims: int = 0) -> dict:
+    """Build an index of every live vector of model_key, publish it, return its Redis record.
+    `pca_dims` (VSEARCH_INDEX_PCA) below the vectors' dimension: the file holds them projected
+    (services/index/compact.py), the projection saved beside it."""
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     previous = store.get_index_info(model_key)
@@ -63,40 +69,42 @@ def build_index(store: Store, model_key: str, index_dir, n_trees: int = N_TREES,
     max_seq = store.current_seq()
     version = store.reserve_index_version(model_key)
     ann, ids, records = None, [], []
-    for chunk_ids, matrix in store.iter_vectors(model_key):
-        deleted = store.deleted_among(chunk_ids)  # by construction none; cheap insurance
+    projection, chunks = _projected(_live_chunks(store, model_key), pca_dims)
+    for chunk_ids, matrix in chunks:
         if ann is None:
             ann = AnnoyIndex(matrix.shape[1], "angular")
-        kept = []
-        for iid, row, gone in zip(chunk_ids, matrix, deleted):
-            if not gone:
-                ann.add_item(len(ids), row.tolist())  # a list converts ~2x faster than an array row
-                ids.append(iid)
-                kept.append(iid)
-        records.extend(store.get_images(kept))  # what filtered searches select on
+        for iid, row in zip(chunk_ids, matrix):
+            ann.add_item(len(ids), row.tolist())  # a list converts ~2x faster than an array row
+            ids.append(iid)
+        records.extend(store.get_images(chunk_ids))  # what filtered searches select on
     dim = ann.f if ann is not None else (previous or {}).get("dim") or 1
     ann = ann if ann is not None else AnnoyIndex(dim, "angular")
     ann.build(n_trees, n_jobs=n_jobs)
 
     base = f"{index_basename(model_key)}.{version:08d}"
     tag = f".tmp-{uuid.uuid4().hex[:8]}"
-    tmp_ann, tmp_ids, tmp_attrs = (index_dir / f".{base}.{kind}{tag}" for kind in ("ann", "ids", "attrs"))
+    kinds = ("ann", "ids", "attrs") + (("pca",) if projection is not None else ())
+    tmp = {kind: index_dir / f".{base}.{kind}{tag}" for kind in kinds}
     try:
-        ann.save(str(tmp_ann))
+        ann.save(str(tmp["ann"]))
         ann.unload()
-        tmp_ids.write_text("".join(i + "\n" for i in ids))
-        Attributes.of(records).save(tmp_attrs)
-        for tmp in (tmp_ann, tmp_ids, tmp_attrs):
-            _fsync(tmp)
-        os.replace(tmp_attrs, index_dir / f"{base}.attrs")
-        os.replace(tmp_ids, index_dir / f"{base}.ids")
-        os.replace(tmp_ann, index_dir / f"{base}.ann")
+        tmp["ids"].write_text("".join(i + "\n" for i in ids))
+        Attributes.of(records).save(tmp["attrs"])
+        if projection is not None:
+            projection.save(tmp["pca"])
+        for path in tmp.values():
+            _fsync(path)
+        for kind in reversed(kinds):  # the .ann last: a file that is there has its companions
+            os.replace(tmp[kind], index_dir / f"{base}.{kind}")
     finally:
-        for tmp in (tmp_ann, tmp_ids, tmp_attrs):
-            tmp.unlink(missing_ok=True)
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
     info = {"version": version, "path": f"{base}.ann", "count": len(ids), "dim": dim,
             "size": (index_dir / f"{base}.ann").stat().st_size, "built_at": time.time(),
-            "max_seq": max_seq, "n_trees": n_trees}
+            "max_seq": max_seq, "n_trees": n_trees,
+            # queries of input_dim are projected to dim (0: no projection; a field, since a publish
+            # overwrites the fields it names and keeps the others)
+            "input_dim": projection.input_dim if projection is not None else 0}
     if not store.publish_index(model_key, info):
         # A builder that ignored the lock published something newer while we worked.
         _remove_versions(index_dir, model_key, lambda v: v == version)
@@ -107,10 +115,36 @@ def build_index(store: Store, model_key: str, index_dir, n_trees: int = N_TREES,
     return info | {"published": True}
 
 
+def _live_chunks(store: Store, model_key: str):
+    for chunk_ids, matrix in store.iter_vectors(model_key):
+        deleted = store.deleted_among(chunk_ids)  # by construction none; cheap insurance
+        kept = [j for j, gone in enumerate(deleted) if not gone]
+        yield [chunk_ids[j] for j in kept], matrix[kept]
+
+
+def _projected(chunks, dims: int):
+    """(projection, chunks): with `dims` below the vectors' dimension, a projection fitted on the
+    first FIT_SAMPLE vectors read (held meanwhile: 256 MB at D=1280) and every chunk projected by
+    it; otherwise (None, the chunks as they are)."""
+    if not dims:
+        return None, chunks
+    chunks, held, count = iter(chunks), [], 0
+    for chunk_ids, matrix in chunks:
+        held.append((chunk_ids, matrix))
+        count += len(chunk_ids)
+        if count >= compact.FIT_SAMPLE:
+            break
+    sample = [m for _, m in held if len(m)]
+    if not sample or dims >= sample[0].shape[1]:
+        return None, itertools.chain(held, chunks)
+    projection = compact.fit(np.concatenate(sample), dims)
+    return projection, ((i, projection.apply(m)) for i, m in itertools.chain(held, chunks))
+
+
 def _remove_versions(index_dir: Path, model_key: str, doomed) -> None:
     name = re.escape(index_basename(model_key))
-    published = re.compile(rf"{name}\.(\d+)\.(ann|ids|attrs)")
-    temporary = re.compile(rf"\.{name}\.\d+\.(ann|ids|attrs)\.tmp-\w+")
+    published = re.compile(rf"{name}\.(\d+)\.(ann|ids|attrs|pca)")
+    temporary = re.compile(rf"\.{name}\.\d+\.(ann|ids|attrs|pca)\.tmp-\w+")
     for path in index_dir.iterdir():
         m = published.fullmatch(path.name)
         # Only a crashed build leaves a temp file behind for long.
@@ -153,7 +187,7 @@ def _held_lock(store: Store, model_key: str, token: str, ttl_s: float):
 
 
 def run_coalesced_build(store: Store, model_key: str, index_dir, *, n_trees: int = N_TREES,
-                        n_jobs: int = -1, lock_ttl_s: float = LOCK_TTL_S) -> list[dict]:
+                        n_jobs: int = -1, lock_ttl_s: float = LOCK_TTL_S, pca_dims: int = 0) -> list[dict]:
     """Build while a build is requested, one builder at a time. Returns the builds made here
     (none if another process holds the lock: it will see the request)."""
     builds = []
@@ -165,7 +199,7 @@ def run_coalesced_build(store: Store, model_key: str, index_dir, *, n_trees: int
             store.resume_abandoned_build(model_key)  # a builder died with it: serve it now
             while store.take_index_build_request(model_key):
                 try:
-                    builds.append(build_index(store, model_key, index_dir, n_trees, n_jobs))
+                    builds.append(build_index(store, model_key, index_dir, n_trees, n_jobs, pca_dims))
                 except BaseException:
                     store.request_index_build(model_key)  # taken but not served: put it back
                     raise

@@ -12,6 +12,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from services.index.builder import N_TREES, IndexLoadError, _node_bytes
+from services.index.compact import Projection
 from services.index.filters import Attributes, Filter
 from services.index.query import best_per_image, single_query, stored_vector
 from services.store import Store
@@ -39,6 +40,7 @@ class LoadedIndex:
     ids: list[str] = field(default_factory=list)
     attrs: Attributes | None = None  # what filters select on, item by item
     path: Path | None = None
+    projection: Projection | None = None  # queries (and fresh items) are projected to `dim` by it
 
     @cached_property
     def position(self) -> dict[str, int]:
@@ -84,8 +86,20 @@ def load_index(index_dir, info: dict, store: Store | None = None) -> LoadedIndex
     if len(attrs) != count:
         ann.unload()
         raise IndexLoadError(f"{attrs_path} describes {len(attrs)} items, expected {count}")
+    projection = None
+    input_dim = info.get("input_dim") or 0
+    if input_dim:
+        try:
+            projection = Projection.load(path.with_suffix(".pca"))
+        except (OSError, ValueError) as e:
+            ann.unload()
+            raise IndexLoadError(f"index v{info['version']}: its projection: {e}") from e
+        if projection.components.shape != (dim, input_dim):
+            ann.unload()
+            raise IndexLoadError(f"{path.with_suffix('.pca')} projects to {projection.components.shape}, "
+                                 f"expected {(dim, input_dim)}")
     return LoadedIndex(info["version"], info["max_seq"], count, dim, info.get("n_trees", N_TREES),
-                       info.get("built_at"), ann, ids, attrs, path)
+                       info.get("built_at"), ann, ids, attrs, path, projection)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +157,8 @@ class Searcher:
         norms = np.linalg.norm(queries, axis=1) if queries.size else np.zeros(len(queries))
         valid = (norms > 0) & np.isfinite(norms)
         queries = queries / np.where(valid, norms, 1.0)[:, None]
+        if view.index.projection is not None and len(queries):
+            queries = view.index.projection.apply(queries)  # ValueError for the wrong dimension
         # The fresh items' scores for all queries in one product (a chunk's near-duplicate check
         # asks 32 at once); a query of the wrong dimension is refused by _search before any use.
         fresh = view.fresh_vecs[:view.n] @ queries.T if view.n and queries.shape[1] == view.fresh_vecs.shape[1] else None
@@ -275,17 +291,23 @@ class Searcher:
     def _advance(self, view: _View, index: LoadedIndex, seq: int) -> _View:
         ids, seqs, vecs, n = view.fresh_ids, view.fresh_seqs, view.fresh_vecs, view.n
         records = view.fresh_records
-        if index is not view.index:  # the new file holds everything up to its max_seq: drop that
+        since = max(view.seq, index.max_seq)
+        if index is not view.index and (index.projection is not None or view.index.projection is not None):
+            # The fresh rows are in the old index's space: read what the new file lacks again.
+            ids, seqs, vecs, n, records, since = [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32), 0, [], index.max_seq
+        elif index is not view.index:  # the new file holds everything up to its max_seq: drop that
             keep = int(np.searchsorted(seqs[:n], index.max_seq, side="right"))
             ids, seqs, vecs, n = ids[keep:n], seqs[keep:n].copy(), vecs[keep:n].copy(), n - keep
             records = records[keep:n + keep]
-        new = self.store.added_since(self.model_key, max(view.seq, index.max_seq), seq)
+        new = self.store.added_since(self.model_key, since, seq)
         for start in range(0, len(new), 1000):
             chunk = dict(new[start:start + 1000])
             found, matrix = self.store.get_vectors(self.model_key, list(chunk))  # deleted: gone
             if not found:
                 continue
             matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+            if index.projection is not None:
+                matrix = index.projection.apply(matrix)
             if len(ids) != n or n + len(found) > len(seqs) or vecs.shape[1] != matrix.shape[1]:
                 # Grow by doubling. Rows below n are never written again, so views that other
                 # threads still hold stay valid while we append to a shared buffer.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.store.common import _decode, _pairs
 
 _INDEX_TYPES = {"version": int, "count": int, "dim": int, "size": int, "max_seq": int,
-                "n_trees": int, "built_at": float}
+                "n_trees": int, "built_at": float, "input_dim": int}
 
 _PUBLISH_INDEX = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
