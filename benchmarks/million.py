@@ -166,7 +166,7 @@ def milvus_lite(work: Path, n: int, queries: np.ndarray) -> dict:
     from services.store import Store
     from tests.workers import start_milvus_lite
     client = redis.Redis.from_url("redis://127.0.0.1:6379/14")
-    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:")
+    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:", work / "vectors-milvus")
     proc, uri = start_milvus_lite(work / "milvus")
     out = {"rows": n}
     try:
@@ -200,11 +200,13 @@ def milvus_lite(work: Path, n: int, queries: np.ndarray) -> dict:
 
 # -- Redis records -------------------------------------------------------------------------------
 def redis_records(n: int) -> dict:
+    import tempfile
+
     import redis
 
     from services.store import Store
     client = redis.Redis.from_url("redis://127.0.0.1:6379/14")
-    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:")
+    store = Store(client, f"bench-{uuid.uuid4().hex[:8]}:", Path(tempfile.mkdtemp(prefix="million-vectors-")))
     rng = np.random.default_rng(0)
     try:
         for start in range(0, n, 500):
