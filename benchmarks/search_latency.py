@@ -4,7 +4,8 @@
 
 A deployment of its own (Redis db 14 under a fresh prefix, `vsearch model-server`, the gateway under
 gunicorn with 2 processes x 8 threads), an index of `n` vectors: 10 of the 20 real foolbox photos
-indexed through the model, plus synthetic clustered vectors for the rest; every synthetic item also
+indexed through the model, plus synthetic vectors for the rest, each at a cosine of 0.3-0.75 from one of
+the 20 photos (`--far`: around random centres instead, the first rounds' index); every synthetic item also
 gets a real photo's layouts and keypoints, so that re-ranking and geometric verification do their
 real work on whatever the shortlist holds. Queries: by `image_id` (stored vector, no model call) and
 by upload of the 20 real photos (decode, resize, embed, search): half of them are indexed (a copy
