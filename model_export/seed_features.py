@@ -15,12 +15,12 @@ class SeedFeatures:
 
     def __init__(self, weights: str | None = None):
         import tensorflow as tf
-        from model_export import effnet_lite0
+        from model_export import effnet_lite
         self._tf = tf
-        self._net = effnet_lite0.build(weights)
-        spec = tf.TensorSpec((None, effnet_lite0.INPUT_SIZE, effnet_lite0.INPUT_SIZE, 3), tf.uint8)
+        self._net = effnet_lite.build(weights)
+        spec = tf.TensorSpec((None, effnet_lite.INPUT_SIZE, effnet_lite.INPUT_SIZE, 3), tf.uint8)
         self._fn = tf.function(lambda x: self._net(x)[0], input_signature=[spec])
-        self.size = effnet_lite0.INPUT_SIZE
+        self.size = effnet_lite.INPUT_SIZE
 
     def __call__(self, pictures: Sequence[Image.Image], batch: int = 32) -> np.ndarray:
         arrays = np.stack([np.asarray(images.resize_exact(p, self.size, self.size)) for p in pictures])

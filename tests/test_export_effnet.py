@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 export: numerics against an independent PyTorch forward, top-1 on real ImageNet
+"""EfficientNet-Lite0 export (Lite1 and Lite2 too, their numerics and top-1): numerics against an independent PyTorch forward, top-1 on real ImageNet
 photos (foolbox's samples), the serving signature, warm-up requests and version handling."""
 from pathlib import Path
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tensorflow_serving.apis import prediction_log_pb2
 
-from model_export import effnet_lite0
+from model_export import effnet_lite
 from model_export.errors import ModelExportError, VersionExistsError
 from model_export.export import export_model
 from tests import torch_reference
@@ -55,8 +55,8 @@ def served(serve, imagenet_batch) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(imagenet_batch) -> tuple[np.ndarray, np.ndarray]:
-    state_dict = torch.load(effnet_lite0.packaged_weights_path(), map_location="cpu", weights_only=True)
-    return torch_reference.effnet_lite0(state_dict, imagenet_batch[0])
+    state_dict = torch.load(effnet_lite.packaged_weights_path(), map_location="cpu", weights_only=True)
+    return torch_reference.effnet_lite(state_dict, imagenet_batch[0])
 
 
 def test_export_writes_one_version_folder(exported):
@@ -76,7 +76,7 @@ def test_signature_contract(serve):
 
 
 def test_features_and_logits_match_torch(imagenet_batch, reference):
-    features, logits = effnet_lite0.build()(tf.constant(imagenet_batch[0]))
+    features, logits = effnet_lite.build()(tf.constant(imagenet_batch[0]))
     ref_features, ref_logits = reference
     assert np.abs(features.numpy() - ref_features).max() < 1e-4
     assert np.abs(logits.numpy() - ref_logits).max() < 1e-4
@@ -94,6 +94,21 @@ def test_served_outputs_match_torch(served, reference):
 
 def test_top1_on_imagenet_photos(served, imagenet_batch):
     correct = int((served["probabilities"].argmax(axis=1) == imagenet_batch[1]).sum())
+    assert correct >= 17, f"top-1 {correct}/20"
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_larger_variants_match_torch_and_classify(variant):
+    """Lite1 (240 px) and Lite2 (260 px) from their packages: the same numerics and real top-1."""
+    net = effnet_lite.build(variant=f"effnet_lite{variant}")
+    labels = np.array([int(path.stem.rsplit("_", 1)[1]) for path in PHOTOS])
+    batch = np.stack([load_photo(path, net.input_size) for path in PHOTOS])
+    features, logits = net(tf.constant(batch))
+    state = torch.load(effnet_lite.packaged_weights_path(f"effnet_lite{variant}"), map_location="cpu", weights_only=True)
+    ref_features, ref_logits = torch_reference.effnet_lite(state, batch, variant)
+    assert np.abs(features.numpy() - ref_features).max() < 1e-4
+    assert np.abs(logits.numpy() - ref_logits).max() < 1e-3
+    correct = int((logits.numpy().argmax(axis=1) == labels).sum())
     assert correct >= 17, f"top-1 {correct}/20"
 
 
@@ -146,7 +161,7 @@ def test_bad_state_dicts_raise_clear_errors(tmp_path):
     with pytest.raises(ModelExportError, match="cannot read"):
         export_model(out=tmp_path, weights=not_a_checkpoint)
 
-    state = torch.load(effnet_lite0.packaged_weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(effnet_lite.packaged_weights_path(), map_location="cpu", weights_only=True)
     state["_blocks.3._depthwise_conv.weight"] = torch.zeros(144, 1, 3, 3)  # block 3 is 5x5
     wrong_kernel = tmp_path / "wrong.pth"
     torch.save(state, wrong_kernel)

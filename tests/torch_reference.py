@@ -11,9 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# EfficientNet-Lite0 stages: kernel, first stride, expand ratio, output channels, repeats.
-LITE0_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-                (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+# EfficientNet-Lite stages: first stride, expand ratio; the blocks of each stage per variant (Lite0,
+# Lite1, Lite2: the published depth multipliers 1.0, 1.1, 1.2 applied to the middle stages).
+LITE_STAGES = [(1, 1), (2, 6), (2, 6), (2, 6), (1, 6), (2, 6), (1, 6)]
+LITE_REPEATS = {0: [1, 2, 2, 3, 3, 4, 1], 1: [1, 3, 3, 4, 4, 5, 1], 2: [1, 3, 3, 4, 4, 5, 1]}
 
 
 def _pad_like_tf_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -33,20 +34,21 @@ def _conv_bn(x, sd, conv: str, bn: str, stride: int = 1, groups: int = 1) -> tor
 
 
 @torch.no_grad()
-def effnet_lite0(state_dict: dict[str, torch.Tensor], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled 1280-d features and 1000-way logits for uint8 images [N, 224, 224, 3]."""
+def effnet_lite(state_dict: dict[str, torch.Tensor], images: np.ndarray, variant: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled 1280-d features and 1000-way logits of EfficientNet-Lite<variant> for uint8 images
+    [N, S, S, 3]; kernel sizes and widths are the state_dict's own."""
     sd = state_dict
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() - 127.0) / 128.0
     x = F.relu6(_conv_bn(x, sd, "_conv_stem", "_bn0", stride=2))
     index = 0
-    for kernel, first_stride, expand, out_channels, repeats in LITE0_STAGES:
+    for (first_stride, expand), repeats in zip(LITE_STAGES, LITE_REPEATS[variant]):
         for repeat in range(repeats):
             p, stride, block_in = f"_blocks.{index}", (first_stride if repeat == 0 else 1), x
             if expand != 1:
                 x = F.relu6(_conv_bn(x, sd, f"{p}._expand_conv", f"{p}._bn0"))
             x = F.relu6(_conv_bn(x, sd, f"{p}._depthwise_conv", f"{p}._bn1", stride, groups=x.shape[1]))
             x = _conv_bn(x, sd, f"{p}._project_conv", f"{p}._bn2")
-            if stride == 1 and block_in.shape[1] == out_channels:
+            if stride == 1 and block_in.shape[1] == x.shape[1]:
                 x = x + block_in
             index += 1
     x = F.relu6(_conv_bn(x, sd, "_conv_head", "_bn1"))

