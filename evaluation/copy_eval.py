@@ -27,7 +27,7 @@ from evaluation import edits
 from services import copies, images, verify
 from services import copy_detection as robust
 
-SHORTLIST = 30
+SHORTLIST = copies.SHORTLIST  # the service's
 QUERY_SOURCES = 80  # images per split that are edited, for every family
 TWIN_INLIERS = 30
 
