@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 # torch first and pinned: the CPU wheel lies on local disk; anything else would pull a CUDA build.
 $PIP install "torch==2.13.0"
-$PIP install -e '.[model,export,samples,local,eval,dev,milvus]'
+$PIP install -e '.[model,export,larger-models,samples,local,eval,dev,milvus]'
 # Its declared dependency is the full `tensorflow` (CUDA) package; tensorflow-cpu runs the same code.
 $PIP install --no-deps "tensorflow-serving-api==2.21.0"
 # Browser tests drive Debian's Chromium headless.
