@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0 export (Lite1 and Lite2 too, their numerics and top-1): numerics against an independent PyTorch forward, top-1 on real ImageNet
-photos (foolbox's samples), the serving signature, warm-up requests and version handling."""
+"""EfficientNet-Lite0 export (and Lite1, Lite2: numerics and top-1): numerics against an independent
+PyTorch forward, top-1 on real ImageNet photos (foolbox's samples), the serving signature, warm-up requests and version handling."""
 from pathlib import Path
 
 import foolbox
@@ -104,7 +104,8 @@ def test_larger_variants_match_torch_and_classify(variant):
     labels = np.array([int(path.stem.rsplit("_", 1)[1]) for path in PHOTOS])
     batch = np.stack([load_photo(path, net.input_size) for path in PHOTOS])
     features, logits = net(tf.constant(batch))
-    state = torch.load(effnet_lite.packaged_weights_path(f"effnet_lite{variant}"), map_location="cpu", weights_only=True)
+    weights = effnet_lite.packaged_weights_path(f"effnet_lite{variant}")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     ref_features, ref_logits = torch_reference.effnet_lite(state, batch, variant)
     assert np.abs(features.numpy() - ref_features).max() < 1e-4
     assert np.abs(logits.numpy() - ref_logits).max() < 1e-3

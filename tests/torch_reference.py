@@ -34,7 +34,8 @@ def _conv_bn(x, sd, conv: str, bn: str, stride: int = 1, groups: int = 1) -> tor
 
 
 @torch.no_grad()
-def effnet_lite(state_dict: dict[str, torch.Tensor], images: np.ndarray, variant: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def effnet_lite(state_dict: dict[str, torch.Tensor], images: np.ndarray,
+                variant: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pooled 1280-d features and 1000-way logits of EfficientNet-Lite<variant> for uint8 images
     [N, S, S, 3]; kernel sizes and widths are the state_dict's own."""
     sd = state_dict
