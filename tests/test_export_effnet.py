@@ -1,5 +1,6 @@
 """EfficientNet-Lite0 export (and Lite1, Lite2: numerics and top-1): numerics against an independent
-PyTorch forward, top-1 on real ImageNet photos (foolbox's samples), the serving signature, warm-up requests and version handling."""
+PyTorch forward, top-1 on real ImageNet photos (foolbox's samples), the serving signature, warm-up
+requests and version handling."""
 from pathlib import Path
 
 import foolbox
