@@ -29,8 +29,8 @@ T = {**TRANSFORMS, **EXTRA_TRANSFORMS}
 def network():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-    from model_export import effnet_lite0
-    net = effnet_lite0.build()
+    from model_export import effnet_lite
+    net = effnet_lite.build()
 
     @tf.function(input_signature=[tf.TensorSpec((None, 224, 224, 3), tf.uint8)])
     def run(x):
