@@ -7,7 +7,8 @@ Builds the planted set (evaluation/planted.py) from a split of the evaluation co
 split's edit seed: evaluation/edits.py), indexes it through the real system (a directory job run by a
 `vsearch worker` process against `vsearch model-server` and Redis, db 14 under its own prefix,
 cleaned up), runs a duplicate scan job and scores its groups. --sweep also prints how many true
-pairs the candidates reach and the scores at other inlier thresholds (judged again in-process).
+pairs the candidates reach and the scores at other settings of the scan's second chances (judged
+again in-process).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from services.store.duplicates import DuplicateStore  # noqa: E402
 from services.duplicates import judge as judges  # noqa: E402
 from services.duplicates.grouping import Pair, group_pairs  # noqa: E402
-from services.duplicates.pairs import candidate_pairs  # noqa: E402
+from services.duplicates.pairs import NEIGHBOURS, candidate_pairs  # noqa: E402
 from evaluation import edits, planted as planted_set  # noqa: E402
 from evaluation.server import local_model_server  # noqa: E402
 from services.store import Store  # noqa: E402
@@ -44,8 +45,9 @@ def found_groups(store: Store) -> list[list[str]]:
 
 
 def sweep(store: Store, model_key: str, names: dict[str, str], planted, index_dir) -> list[dict]:
-    """The candidates of every image judged again in-process with other inlier thresholds (the
-    other thresholds as published), and what grouping then gives."""
+    """The candidates of every image judged again in-process with other settings of the scan's
+    second chances (services/duplicates/judge.py; the verdict thresholds as published) and twice
+    the neighbours, and what grouping then gives."""
     from services.index import Searcher
     searcher = Searcher(store, model_key, index_dir)
     found, vectors = store.get_vectors(model_key, list(names))
@@ -56,14 +58,20 @@ def sweep(store: Store, model_key: str, names: dict[str, str], planted, index_di
     print(json.dumps({"candidate_recall_any_cosine": round(len(reached) / len(truth), 3),
                       "true_pair_cosine_quantiles": [round(cosines[int(q * (len(cosines) - 1))], 3)
                                                      for q in (0, 0.01, 0.05, 0.1, 0.5)]}))
-    candidates = sorted({(a, b) for a, b, _ in candidate_pairs(searcher, found, vectors)})
-    base = judges.VerdictJudge(store, model_key).thresholds
     rows = []
-    for inliers in (12, 16, 20, 25, 30):
-        verdicts = judges.VerdictJudge(store, model_key, replace(base, copy_inliers=inliers)).judge(candidates)
-        pairs = [Pair(a, b, v.verdict, v.score, v.contains) for (a, b), v in zip(candidates, verdicts)]
-        s = planted_set.score(planted, [[names[m] for m in g.members] for g in group_pairs(pairs)])
-        rows.append({"copy_inliers": inliers} | {k: round(s[k], 3) for k in ("precision", "recall", "similar_grouped_share")})
+    adopted = {"scan_inliers": judges.SCAN_INLIERS, "layout_cosine": judges.LAYOUT_COSINE}
+    for k in (NEIGHBOURS, 2 * NEIGHBOURS):
+        candidates = sorted({(a, b) for a, b, _ in candidate_pairs(searcher, found, vectors, k=k)})
+        variants = [adopted]
+        if k == NEIGHBOURS:  # 999 and 9.0: that second chance off; both off: the search verdict alone
+            variants += [adopted | {"scan_inliers": i} for i in (12, 18, 20, 25, 999)]
+            variants += [adopted | {"layout_cosine": c} for c in (0.3, 0.4, 0.45, 9.0)]
+            variants += [{"scan_inliers": 999, "layout_cosine": 9.0}]
+        for variant in variants:
+            verdicts = judges.VerdictJudge(store, model_key, **variant).judge(candidates)
+            pairs = [Pair(a, b, v.verdict, v.score, v.contains) for (a, b), v in zip(candidates, verdicts)]
+            s = planted_set.score(planted, [[names[m] for m in g.members] for g in group_pairs(pairs)])
+            rows.append({"neighbours": k} | variant | {n: round(s[n], 3) for n in ("precision", "recall", "similar_grouped_share")})
     return rows
 
 

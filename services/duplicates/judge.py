@@ -12,6 +12,17 @@ frame resized). Two frames of one scene that each show what the other does not (
 pair, a pan) share many keypoints in one geometry too, yet neither is an edit of the other: such a
 pair is `similar`. The containment also says which image is the edited one (the keeper rules
 prefer the other).
+
+That check is evidence search does not have, and `scan_verdict` spends it on two second chances
+for pairs the search verdict leaves `similar` or `none` (measured on the planted dev set,
+docs/quality.md: recall 0.891 -> 0.945 at precision 0.95, the same two similar pairs grouped):
+- SCAN_INLIERS keypoints in one geometry in which one frame contains the other, at the copy
+  cosine: a crop, a rotation or a colour edit that kept fewer keypoints than search asks for (search
+  cannot tell such a match from two framings of one scene, so it asks for more);
+- a layout as alike as `copy_layout` at LAYOUT_COSINE, below search's cosine: a blur keeps the
+  grey layout and loses the CNN's cosine (blurred copies on dev: layout >= 0.977, cosine 0.41-0.45).
+Both are refused when the verification found two framings (SCAN_INLIERS or more inliers, neither
+frame inside the other), whatever the layout says.
 """
 from __future__ import annotations
 
@@ -24,6 +35,12 @@ import numpy as np
 from services import copy_detection, verdicts, verify
 
 CONTAINED = 0.98  # share of a frame's area inside the other: true copies 0.992+ (2nd percentile), similar pairs <= 0.974 on dev
+# Chosen on the planted dev set (benchmarks/duplicate_quality.py --split dev --sweep, docs/quality.md):
+# 15 inliers is where recall stops rising (12: +0, 18-25: -0.01) before precision falls (12: -0.003);
+# at a layout cosine of 0.35-0.40 recall and precision are flat (0.30 lets unrelated plain-background
+# stamps in, 0.45 loses blurred copies).
+SCAN_INLIERS = 15
+LAYOUT_COSINE = 0.35
 
 
 @dataclass(frozen=True)
@@ -71,9 +88,11 @@ def containment(match: verify.Match, frame_a: np.ndarray | None, frame_b: np.nda
 
 
 class VerdictJudge:
-    def __init__(self, store, model_key: str, thresholds: verdicts.Thresholds | None = None):
+    def __init__(self, store, model_key: str, thresholds: verdicts.Thresholds | None = None,
+                 scan_inliers: int = SCAN_INLIERS, layout_cosine: float = LAYOUT_COSINE):
         self.store, self.model_key = store, model_key
         self.thresholds = thresholds or verdicts.for_model_key(model_key)
+        self.scan_inliers, self.layout_cosine = scan_inliers, layout_cosine
 
     def judge(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if not pairs:
@@ -94,10 +113,25 @@ class VerdictJudge:
             match = verify.match(features[a], features[b])
             e = verdicts.Evidence(float(emb[i] @ emb[j]), copy_detection.layout_similarity(layouts[i], layouts[j]),
                                   match.inliers, match.identity)
-            verdict, contains = verdicts.verdict(e, self.thresholds), 0
-            if verdict in ("exact", "copy") and match.inliers >= self.thresholds.copy_inliers:
-                contains = containment(match, frames[a], frames[b])
-                if contains is None:  # two framings of one scene
-                    verdict, contains = "similar", 0
-            out.append(Verdict(verdict, e.cosine + min(e.inliers, 100) / 100, contains))
+            geometric = match.inliers >= min(self.thresholds.copy_inliers, self.scan_inliers)
+            contains = containment(match, frames[a], frames[b]) if geometric else 0
+            verdict = scan_verdict(e, contains, self.thresholds, self.scan_inliers, self.layout_cosine)
+            out.append(Verdict(verdict, e.cosine + min(e.inliers, 100) / 100, contains or 0))
         return out
+
+
+def scan_verdict(e: verdicts.Evidence, contains: int | None, t: verdicts.Thresholds,
+                 scan_inliers: int = SCAN_INLIERS, layout_cosine: float = LAYOUT_COSINE) -> str:
+    """A scanned pair's verdict: search's (`verdicts.verdict`), `similar` where the verified geometry
+    shows two framings (`contains` None), and the two second chances of the module docstring.
+    `contains`: `containment`'s answer (0 where the geometry was not looked at)."""
+    v = verdicts.verdict(e, t)
+    if contains is None:  # two framings of one scene: never a duplicate
+        return "similar" if v in ("exact", "copy") else v
+    if v in ("exact", "copy"):
+        return v
+    if e.inliers >= scan_inliers and e.cosine >= t.copy_cosine:
+        return "copy"
+    if e.layout >= t.copy_layout and e.cosine >= layout_cosine:
+        return "copy"
+    return v
