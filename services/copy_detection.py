@@ -78,6 +78,13 @@ def layout_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float((a @ np.concatenate([b, mirrored]).T).max())
 
 
+def layout_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """layout_similarity of many pairs at once: a [P, Va, 256] against b [P, Vb, 256] -> [P]."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    mirrored = b.reshape(*b.shape[:2], LAYOUT_SIDE, LAYOUT_SIDE)[..., ::-1].reshape(b.shape)
+    return np.einsum("pvd,pwd->pvw", a, np.concatenate([b, mirrored], axis=1)).max(axis=(1, 2))
+
+
 # -- querying -----------------------------------------------------------------------------------
 def query_views(image: Image.Image) -> list[Image.Image]:
     """The images a query is seen as: first itself (de-rotated if it looks rotated), then its

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageFilter
 
 from evaluation import planted
 from services import copy_detection, images, verdicts, verify
-from services.duplicates.judge import LAYOUT_COSINE, SCAN_INLIERS, VerdictJudge, scan_verdict
+from services.duplicates.judge import LAYOUT_COSINE, SCAN_INLIERS, VerdictJudge, pair_similarities, scan_verdict
 from services.store import image_id
 from services.tfs_client import ModelClient
 
@@ -46,6 +46,21 @@ def test_a_scan_never_weakens_a_search_copy_except_for_two_framings(e, contains)
 ])
 def test_second_chances(e, contains, expected):
     assert scan_verdict(e, contains, T) == expected
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 40), st.integers(1, 4), st.integers(1, 4))
+def test_batched_similarities_are_the_single_ones(seed, pairs, va, vb):
+    rng = np.random.default_rng(seed)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    emb, layouts = unit(rng.standard_normal((12, 64))), unit(rng.standard_normal((12, 4, 256)))
+    i, j = rng.integers(0, 12, pairs).tolist(), rng.integers(0, 12, pairs).tolist()
+    cosines, sims = pair_similarities(emb, layouts, i, j, chunk=7)
+    assert cosines == pytest.approx([float(emb[a] @ emb[b]) for a, b in zip(i, j)], abs=1e-5)
+    assert sims == pytest.approx([copy_detection.layout_similarity(layouts[a], layouts[b]) for a, b in zip(i, j)], abs=1e-5)
+    a, b = layouts[:pairs % 12 + 1, :va], layouts[:pairs % 12 + 1, :vb]
+    assert copy_detection.layout_similarities(a, b) == pytest.approx(
+        [copy_detection.layout_similarity(x, y) for x, y in zip(a, b)], abs=1e-5)
 
 
 def _store(store, model_key: str, client: ModelClient, named: dict[str, Image.Image]) -> dict[str, str]:
