@@ -103,15 +103,17 @@ class VerdictJudge:
         row = {iid: i for i, iid in enumerate(found)}
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True) if len(found) else emb
         features = dict(zip(found, map(verify.unpack, self.store.get_features(found))))
-        frames = dict(zip(found, map(_frame, self.store.get_images(found))))
         known = [(a, b) for a, b in pairs if a in row and b in row]  # the others were deleted meanwhile
         cosines, layout_sims = pair_similarities(emb, layouts, [row[a] for a, _ in known], [row[b] for _, b in known])
+        matches = [verify.match(features[a], features[b]) for a, b in known]
+        # Only a pair with a geometry needs the frames' sizes: few of them, so few records read.
+        geometric = [m.inliers >= min(self.thresholds.copy_inliers, self.scan_inliers) for m in matches]
+        sized = sorted({x for pair, g in zip(known, geometric) if g for x in pair})
+        frames = dict(zip(sized, map(_frame, self.store.get_images(sized))))
         judged = {}
-        for (a, b), cosine, layout in zip(known, cosines.tolist(), layout_sims.tolist()):
-            match = verify.match(features[a], features[b])
+        for (a, b), cosine, layout, match, g in zip(known, cosines.tolist(), layout_sims.tolist(), matches, geometric):
             e = verdicts.Evidence(cosine, layout, match.inliers, match.identity)
-            geometric = match.inliers >= min(self.thresholds.copy_inliers, self.scan_inliers)
-            contains = containment(match, frames[a], frames[b]) if geometric else 0
+            contains = containment(match, frames[a], frames[b]) if g else 0
             verdict = scan_verdict(e, contains, self.thresholds, self.scan_inliers, self.layout_cosine)
             judged[a, b] = Verdict(verdict, e.cosine + min(e.inliers, 100) / 100, contains or 0)
         return [judged.get(pair, Verdict("none", 0.0)) for pair in pairs]
