@@ -119,8 +119,8 @@ class VerdictJudge:
         return [judged.get(pair, Verdict("none", 0.0)) for pair in pairs]
 
 
-def pair_similarities(emb: np.ndarray, layouts: np.ndarray, i: list[int], j: list[int], chunk: int = 1024
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def pair_similarities(emb: np.ndarray, layouts: np.ndarray, i: list[int], j: list[int],
+                      chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(cosines [P], layout similarities [P]) of the pairs of rows (i[p], j[p]) of unit vectors [N, D]
     and layouts [N, V, 256], a chunk of pairs per numpy call instead of two calls per pair."""
     cosines, layout_sims = np.zeros(len(i), np.float32), np.zeros(len(i), np.float32)
