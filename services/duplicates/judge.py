@@ -15,7 +15,8 @@ prefer the other).
 
 That check is evidence search does not have, and `scan_verdict` spends it on two second chances
 for pairs the search verdict leaves `similar` or `none` (measured on the planted dev set,
-docs/quality.md: recall 0.891 -> 0.945 at precision 0.95, the same two similar pairs grouped):
+docs/quality.md: recall 0.887 -> 0.938 at precision 0.95 with the published thresholds, the same
+two similar pairs grouped):
 - SCAN_INLIERS keypoints in one geometry in which one frame contains the other, at the copy
   cosine: a crop, a rotation or a colour edit that kept fewer keypoints than search asks for (search
   cannot tell such a match from two framings of one scene, so it asks for more);
@@ -36,9 +37,10 @@ from services import copy_detection, verdicts, verify
 
 CONTAINED = 0.98  # share of a frame's area inside the other: true copies 0.992+ (2nd percentile), similar pairs <= 0.974 on dev
 # Chosen on the planted dev set (benchmarks/duplicate_quality.py --split dev --sweep, docs/quality.md):
-# 15 inliers is where recall stops rising (12: +0, 18-25: -0.01) before precision falls (12: -0.003);
-# at a layout cosine of 0.35-0.40 recall and precision are flat (0.30 lets unrelated plain-background
-# stamps in, 0.45 loses blurred copies).
+# 15 inliers is where recall stops rising (18-25: -0.01) before precision falls (12: -0.003 with the
+# default thresholds, -0.017 with the published ones); at a layout cosine of 0.35-0.40 recall and
+# precision are flat (0.30 let unrelated plain-background stamps in with the defaults; 0.45 loses
+# blurred copies).
 SCAN_INLIERS = 15
 LAYOUT_COSINE = 0.35
 
