@@ -86,9 +86,6 @@ def unpack(blob: bytes | None) -> Features:
     return Features(np.stack([rec["x"], rec["y"]], 1).astype(np.float32), np.ascontiguousarray(rec["d"]))
 
 
-_MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
-
-
 @dataclass(frozen=True)
 class Match:
     inliers: int
@@ -111,12 +108,13 @@ def match(query: Features, candidate: Features) -> Match:
     """The best affine transform from query to candidate keypoints and its inlier count."""
     if len(query) < MIN_MATCHES or len(candidate) < MIN_MATCHES:
         return NO_MATCH
-    pairs = _MATCHER.knnMatch(query.desc, candidate.desc, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
-    if len(good) < MIN_MATCHES:
+    # the two nearest candidate descriptors of each query descriptor as arrays (no DMatch objects)
+    dist, nearest = cv2.batchDistance(query.desc, candidate.desc, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    good = dist[:, 0] < RATIO * dist[:, 1]
+    if good.sum() < MIN_MATCHES:
         return NO_MATCH
-    src = query.xy[[m.queryIdx for m in good]]
-    dst = candidate.xy[[m.trainIdx for m in good]]
+    src = query.xy[good]
+    dst = candidate.xy[nearest[good, 0]]
     model, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
                                           maxIters=500, confidence=0.99)
     if model is None or inliers is None:
