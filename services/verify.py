@@ -7,8 +7,8 @@ Index side (`features`): ORB keypoints of the image in grey, resized so that its
 resized image) and the 32-byte binary descriptor, 36 bytes a keypoint.
 
 Query side (`query_features`): the same for the query and its mirror image (ORB is rotation- but
-not mirror-invariant). `match(query, candidate)` matches descriptors (Hamming, Lowe's ratio test,
-mutual nearest neighbours), fits an affine transform with RANSAC and returns the inlier count:
+not mirror-invariant). `match(query, candidate)` matches descriptors (Hamming distance, Lowe's
+ratio test on the two nearest), fits an affine transform with RANSAC and returns the inlier count:
 a copy keeps dozens of its keypoints in one consistent geometry, an unrelated photo a handful.
 
 OpenCV (cv2) only; one thread (the service runs many requests side by side).
