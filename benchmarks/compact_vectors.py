@@ -89,18 +89,12 @@ def run_split(split, other, client, seed, per_family, progress) -> dict:
     items = {v.name: v.index(split.emb) for v in vs}
     stored = {v.name: v.stored(split.emb) for v in vs}
     thresholds = verdicts.Thresholds()
-    n = len(split.paths)
-    rng = np.random.default_rng(seed)
-    sources = np.sort(rng.choice(n, size=min(per_family, n), replace=False))
-    originals = {int(i): split.original(int(i)) for i in sources}
-    pool = [other.original(int(j)) for j in rng.choice(len(other.paths), size=40, replace=False)]
-    plain = [originals.get(i) for i in range(n)]
     res = {v.name: {"rank1": {}, "in_shortlist": [], "recall10": []} for v in vs}
-    for f, family in enumerate(edits.FAMILIES):
+    for family, queries in ce.family_queries(split, other, seed, per_family):
         progress(f"{split.name}: {family}")
         for v in vs:
             res[v.name]["rank1"][family] = []
-        for _, i, image, _ in edits.make_queries(plain, sources, pool, seed + 1000 * f, (family,)):
+        for i, image in queries:
             group = split.group(i)
             q = copies.prepare(client, image)
             exact10 = set(shortlist(l2n(q.embeddings), l2n(split.emb), 10))

@@ -130,20 +130,29 @@ def _verified_rank(split: Split, q, mask: np.ndarray | None, thresholds):
     return hits, cosine
 
 
-def run_queries(split: Split, other: Split, client, seed: int, thresholds, per_family: int = QUERY_SOURCES,
-                progress: Callable[[str], None] = print) -> list[Query]:
+def family_queries(split: Split, other: Split, seed: int, per_family: int = QUERY_SOURCES):
+    """Per edit family in turn: (family, [(source index, edited image)]), the same `per_family`
+    sources for every family, collage backgrounds from `other`; seeded, so reproducible."""
     n = len(split.paths)
     rng = np.random.default_rng(seed)
     sources = np.sort(rng.choice(n, size=min(per_family, n), replace=False))
     originals = {int(i): split.original(int(i)) for i in sources}
     pool = [other.original(int(j)) for j in rng.choice(len(other.paths), size=40, replace=False)]
     plain = [originals.get(i) for i in range(n)]
+    for f, family in enumerate(edits.FAMILIES):
+        yield family, [(i, image) for _, i, image, _ in
+                       edits.make_queries(plain, sources, pool, seed + 1000 * f, (family,))]
+
+
+def run_queries(split: Split, other: Split, client, seed: int, thresholds, per_family: int = QUERY_SOURCES,
+                progress: Callable[[str], None] = print) -> list[Query]:
+    n = len(split.paths)
     half = indexed_half(split)
     size = client.info().input_size[0]
     out = []
-    for f, family in enumerate(edits.FAMILIES):
-        progress(f"{split.name}: {family}")
-        for fam, i, image, _ in edits.make_queries(plain, sources, pool, seed + 1000 * f, (family,)):
+    for fam, queries in family_queries(split, other, seed, per_family):
+        progress(f"{split.name}: {fam}")
+        for i, image in queries:
             group = split.group(i)
             scores = {"baseline": split.emb @ client.embed(images.prepare(image, size)[None])[0]}
             q_emb, q_lay = robust.query_embeddings(client, image)
