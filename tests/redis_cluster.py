@@ -22,32 +22,58 @@ NODE_TIMEOUT_MS = 1000
 class LocalCluster:
     def __init__(self, directory: Path, primaries: int = 3, replicas: int = 1):
         self.directory = directory
-        self.ports = []
-        while len(self.ports) < primaries * (1 + replicas):
-            self.ports.append(_node_port(self.ports))
+        self.ports: list[int] = []
+        self.bus_ports: dict[int, int] = {}
         self.procs: dict[int, subprocess.Popen] = {}
-        for port in self.ports:
-            self.start_node(port)
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                        "--cluster-replicas", str(replicas), "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
-        self.wait_healthy()
+        try:
+            while len(self.ports) < primaries * (1 + replicas):
+                self.ports.append(self._start_new_node())
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                            "--cluster-replicas", str(replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
+    def _start_new_node(self, attempts: int = 5) -> int:
+        """A node on fresh ports; a port taken between the check and the start means other ports."""
+        for attempt in range(attempts):
+            port, bus_port = _free_ports(2, taken=[*self.ports, *self.bus_ports.values()])
+            self.bus_ports[port] = bus_port
+            try:
+                self.start_node(port)
+                return port
+            except NodeExited:
+                del self.bus_ports[port]
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def start_node(self, port: int) -> None:
+        """Start (or restart, after `kill`) the node on `port` and wait until it answers."""
         node_dir = self.directory / str(port)
         node_dir.mkdir(parents=True, exist_ok=True)
-        log = open(node_dir / "redis.log", "a")
-        self.procs[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", str(node_dir)],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        _wait(lambda: _ping(port), 10, f"redis-server on {port}")
+        log_path = node_dir / "redis.log"
+        with open(log_path, "a") as log:
+            proc = self.procs[port] = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--cluster-port", str(self.bus_ports[port]),
+                 "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", str(node_dir)],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not _ping(port):
+            if proc.poll() is not None:
+                del self.procs[port]
+                raise NodeExited(f"redis-server on {port} exited with {proc.returncode}: {_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server on {port} not answering after 30 s: {_tail(log_path)}")
+            time.sleep(0.1)
 
     def primary_of(self, key: str) -> int:
         """The port of the primary serving `key`'s slot now."""
@@ -78,12 +104,21 @@ class LocalCluster:
         return next(p for p, proc in self.procs.items() if proc.poll() is None)
 
 
-def _node_port(taken: list[int]) -> int:
-    """A free port whose cluster bus port (port + 10000, so at most 65535) is free too."""
-    while True:
-        port = random.randint(20000, 40000)
-        if port not in taken and all(_free(p) for p in (port, port + 10000)):
-            return port
+class NodeExited(RuntimeError):
+    pass
+
+
+def _free_ports(count: int, taken: list[int]) -> list[int]:
+    """Free loopback ports below the kernel's ephemeral range, so that no outgoing connection of
+    this or another process is handed one of them between this check and the node's start."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    first_ephemeral = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randint(10000, max(first_ephemeral, 12000) - 1)
+        if port not in taken and port not in chosen and _free(port):
+            chosen.append(port)
+    return chosen
 
 
 def _free(port: int) -> bool:
@@ -97,16 +132,25 @@ def _free(port: int) -> bool:
 
 def _ping(port: int) -> bool:
     try:
-        return redis.Redis(port=port, socket_timeout=1).ping()
+        with redis.Redis(port=port, socket_timeout=1) as client:
+            return client.ping()
     except redis.RedisError:
         return False
 
 
 def _cluster_info(port: int) -> dict:
     try:
-        return redis.Redis(port=port, socket_timeout=1).cluster("info")
+        with redis.Redis(port=port, socket_timeout=1) as client:
+            return client.cluster("info")
     except redis.RedisError:
         return {}
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:
