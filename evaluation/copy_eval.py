@@ -130,27 +130,28 @@ def _verified_rank(split: Split, q, mask: np.ndarray | None, thresholds):
     return hits, cosine
 
 
-def family_queries(split: Split, other: Split, seed: int, per_family: int = QUERY_SOURCES):
-    """Per edit family in turn: (family, [(source index, edited image)]), the same `per_family`
-    sources for every family, collage backgrounds from `other`; seeded, so reproducible."""
+def family_queries(split: Split, other: Split, seed: int, per_family: int = QUERY_SOURCES,
+                   table: dict = edits.FAMILIES):
+    """Per edit family of `table` in turn: (family, [(source index, edited image)]), the same
+    `per_family` sources for every family, collage backgrounds from `other`; seeded, so reproducible."""
     n = len(split.paths)
     rng = np.random.default_rng(seed)
     sources = np.sort(rng.choice(n, size=min(per_family, n), replace=False))
     originals = {int(i): split.original(int(i)) for i in sources}
     pool = [other.original(int(j)) for j in rng.choice(len(other.paths), size=40, replace=False)]
     plain = [originals.get(i) for i in range(n)]
-    for f, family in enumerate(edits.FAMILIES):
+    for f, family in enumerate(table):
         yield family, [(i, image) for _, i, image, _ in
-                       edits.make_queries(plain, sources, pool, seed + 1000 * f, (family,))]
+                       edits.make_queries(plain, sources, pool, seed + 1000 * f, (family,), table)]
 
 
 def run_queries(split: Split, other: Split, client, seed: int, thresholds, per_family: int = QUERY_SOURCES,
-                progress: Callable[[str], None] = print) -> list[Query]:
+                progress: Callable[[str], None] = print, table: dict = edits.FAMILIES) -> list[Query]:
     n = len(split.paths)
     half = indexed_half(split)
     size = client.info().input_size[0]
     out = []
-    for fam, queries in family_queries(split, other, seed, per_family):
+    for fam, queries in family_queries(split, other, seed, per_family, table):
         progress(f"{split.name}: {fam}")
         for i, image in queries:
             group = split.group(i)

@@ -205,13 +205,15 @@ FAMILIES: dict[str, Edit] = {**SINGLE, "chain": chain}
 
 
 def make_queries(originals: Sequence[Image.Image], sources: Sequence[int], pool: Sequence[Image.Image],
-                 seed: int, families: Sequence[str] = tuple(FAMILIES)) -> list[tuple[str, int, Image.Image, dict]]:
-    """[(family, source index, edited image, parameters)] for every family and source, all drawn
-    from one generator seeded with `seed` (the same seed and inputs give the same queries)."""
+                 seed: int, families: Sequence[str] = tuple(FAMILIES),
+                 table: dict[str, Edit] = FAMILIES) -> list[tuple[str, int, Image.Image, dict]]:
+    """[(family, source index, edited image, parameters)] for every family (by name, from `table`)
+    and source, all drawn from one generator seeded with `seed` (the same seed and inputs give the
+    same queries)."""
     rng = np.random.default_rng(seed)
     out = []
     for family in families:
         for i in sources:
-            image, params = FAMILIES[family](originals[i], rng, pool)
+            image, params = table[family](originals[i], rng, pool)
             out.append((family, int(i), image.convert("RGB"), params))
     return out

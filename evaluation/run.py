@@ -36,12 +36,7 @@ def evaluate(root: Path, client, per_family: int = cd.QUERY_SOURCES,
                "pr_curve_dev": curve, "splits": {}}
     for name, split in splits.items():
         qs = queries[name]
-        families = {}
-        for family in edits.FAMILIES:
-            mine = [q for q in qs if q.family == family]
-            families[family] = {m: {"rank1": float(np.mean([q.ranks[m] == 1 for q in mine])),
-                                    "mean_rank": float(np.mean([q.ranks[m] for q in mine])), "n": len(mine)}
-                                for m in METHODS}
+        families = family_ranks(qs, edits.FAMILIES)
         progress(f"{name}: category retrieval")
         results["splits"][name] = {
             "images": len(split.paths), "classes": int(len(set(split.labels))), "families": families,
@@ -53,7 +48,7 @@ def evaluate(root: Path, client, per_family: int = cd.QUERY_SOURCES,
             "open_set": calibrate.open_set_scores(qs, thresholds),
             "open_set_strict": calibrate.open_set_scores(qs, thresholds, strict=True),
             "exact": calibrate.exact_scores(qs, thresholds),
-            "verdicts_by_family": _verdicts_by_family(qs, thresholds),
+            "verdicts_by_family": verdicts_by_family(qs, thresholds),
             "category": cd.category(split, client, thresholds),
             "cost": {**split.timings, "rerank_verify_ms_p50": float(np.median([q.query_ms for q in qs]))},
         }
@@ -62,10 +57,21 @@ def evaluate(root: Path, client, per_family: int = cd.QUERY_SOURCES,
     return results
 
 
-def _verdicts_by_family(queries, t) -> dict:
+def family_ranks(queries, families) -> dict:
+    """Per family and method: the share of queries whose right answer came first, the mean rank."""
+    out = {}
+    for family in families:
+        mine = [q for q in queries if q.family == family]
+        out[family] = {m: {"rank1": float(np.mean([q.ranks[m] == 1 for q in mine])),
+                           "mean_rank": float(np.mean([q.ranks[m] for q in mine])), "n": len(mine)}
+                       for m in METHODS}
+    return out
+
+
+def verdicts_by_family(queries, t, families=edits.FAMILIES) -> dict:
     """For queries whose source is indexed (open set): the share answered copy-or-exact and right."""
     out = {}
-    for family in edits.FAMILIES:
+    for family in families:
         mine = [q for q in queries if q.family == family and q.source_indexed]
         right = [q for q in mine if q.open_top and q.open_top[0] in q.group
                  and verdicts.at_least(verdicts.verdict(q.open_top[1], t), "copy")]

@@ -14,7 +14,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from services import images
 from services import copy_detection as robust
-from evaluation import metrics
+from evaluation import metrics, unlisted_edits
 from evaluation.harness import rank_from_scores
 
 
@@ -112,6 +112,21 @@ def test_trim_borders(photo):
 def test_query_views(photo):
     assert len(robust.query_views(photo)) == 2  # itself and its mirror image
     assert len(robust.query_views(ImageOps.expand(photo, border=20, fill=(0, 0, 0)))) == 3
+
+
+@pytest.mark.parametrize("family", list(unlisted_edits.FAMILIES))
+def test_unlisted_families_are_seeded_rgb_edits(photo, photos, family):
+    """Each family of benchmarks/unlisted_families.py gives an RGB picture of the photo, the same
+    for the same seed; over a few seeds it changes the picture (no family is the identity)."""
+    pool = [images.decode(photos[1])]
+    edit = unlisted_edits.FAMILIES[family]
+    first, params = edit(photo, np.random.default_rng(3), pool)
+    again, same = edit(photo, np.random.default_rng(3), pool)
+    assert first.mode == "RGB" and min(first.size) >= 8 and json.dumps(params)
+    assert (same, np.asarray(again).tobytes()) == (params, np.asarray(first).tobytes())
+    changed = [edit(photo, np.random.default_rng(seed), pool)[0] for seed in range(3)]
+    assert any(c.size != photo.size or np.abs(np.asarray(c, np.int16) - np.asarray(photo, np.int16)).mean() > 1
+               for c in changed)
 
 
 def test_layout_ignores_brightness_and_contrast(photo):
