@@ -49,7 +49,7 @@ def main() -> None:
             continue
 
         def scores(q):
-            return robust.rerank_scores(q[0], q[1], emb, layouts, bonus, threshold)
+            return robust.rerank_scores(q.embeddings, q.layouts, emb, layouts, bonus, threshold, q.primary)
         r1 = [np.mean([harness.rank_from_scores(scores(q), i) == 1 for i, q in enumerate(copies[t])])
               for t in harness.TRANSFORMS]
         p1, rankings, relevant = [], [], []

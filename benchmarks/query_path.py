@@ -28,9 +28,7 @@ SIZE = 224
 
 def query_work(data: bytes) -> np.ndarray:
     """What `copy_detection.query_embeddings` does around its model call, plus the decode."""
-    base, trimmed = copy_detection._base_and_trimmed(images.decode(data, draft_for=SIZE))
-    first = images.prepare(base, SIZE)
-    arrays = np.stack([first, first[:, ::-1]] + ([images.prepare(trimmed, SIZE)] if trimmed is not None else []))
+    arrays, _, _ = copy_detection.query_arrays(images.decode(data, draft_for=SIZE), SIZE)
     return copy_detection.layout(arrays)
 
 

@@ -156,8 +156,9 @@ def run_queries(split: Split, other: Split, client, seed: int, thresholds, per_f
         for i, image in queries:
             group = split.group(i)
             scores = {"baseline": split.emb @ client.embed(images.prepare(image, size)[None])[0]}
-            q_emb, q_lay = robust.query_embeddings(client, image)
-            scores["layouts"] = robust.search(q_emb, q_lay, split.emb, split.layouts)
+            views = robust.query_embeddings(client, image)
+            scores["layouts"] = robust.search(views.embeddings, views.layouts, split.emb, split.layouts,
+                                              primary=views.primary)
             q = copies.prepare(client, image)
             started = time.perf_counter()
             hits, cosine = _verified_rank(split, q, None, thresholds)

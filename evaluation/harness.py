@@ -148,7 +148,7 @@ def _scores(method: str, db: dict, query) -> np.ndarray:
     `adopted`, one embedding, raw feature vector or hash for the others."""
     d = db[method]
     if method == "adopted":
-        return robust.search(query[0], query[1], d["items"], d["layouts"])
+        return robust.search(query.embeddings, query.layouts, d["items"], d["layouts"], primary=query.primary)
     if method == "seed":
         return metrics.euclidean_scores(query[None], d["items"])[0]
     if method == "phash":
@@ -277,7 +277,7 @@ def _cost(corpus: Corpus, client, db: dict, repeats: int = 20) -> dict:
     started = time.perf_counter()
     views = 0
     for p in pictures:
-        views += len(robust.query_embeddings(client, p)[0])
+        views += len(robust.query_embeddings(client, p).embeddings)
     out["adopted_query_ms"] = (time.perf_counter() - started) * 1000 / repeats
     out["adopted_views_per_query"] = views / repeats
     return out

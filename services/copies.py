@@ -48,12 +48,13 @@ _LAYOUT_SHAPE = (len(copy_detection.LAYOUT_VIEWS), copy_detection.LAYOUT_SIDE **
 
 @dataclass
 class Query:
-    embeddings: np.ndarray   # [K, D], the views' (first: the query itself or de-rotated)
+    embeddings: np.ndarray   # [K, D], the views' (copy_detection.query_views)
     layouts: np.ndarray      # [K, 256]
     image: Image.Image | None  # RGB, for keypoints; None for a stored image (its keypoints loaded)
     load_features: Callable[[], bytes | None] | None = None  # a stored image's packed keypoints
     model_images: int = 1    # images the view embedding sent to the model (the trimmed view reuses the first)
     image_id: str | None = None  # an indexed image as the query: its own id
+    primary: int = 1         # views counting without layout confirmation (copy_detection.Views)
     _features: dict = field(default_factory=dict)
 
     def features(self, mirrored: bool = False) -> verify.Features:
@@ -79,8 +80,9 @@ def prepare(client, image: Image.Image) -> Query:
     nearly every query of a real collection verifies its best candidate."""
     image = image.convert("RGB")
     keypoints = _KEYPOINTS.submit(verify.features, image)
-    emb, lay = copy_detection.query_embeddings(client, image, embed_trimmed=False)
-    return Query(emb, lay, image, _features={False: keypoints})
+    views = copy_detection.query_embeddings(client, image, embed_trimmed=False)
+    return Query(views.embeddings, views.layouts, image, model_images=views.primary,  # the primary views only
+                 primary=views.primary, _features={False: keypoints})
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def rank(query: Query, ids: Sequence[str], emb: np.ndarray, layouts: np.ndarray,
     if not len(ids):
         return []
     scores, cosine, layout = copy_detection.rerank_with_layouts(query.embeddings, query.layouts, emb, layouts,
-                                                                threshold=LAYOUT_GATE)
+                                                                threshold=LAYOUT_GATE, primary=query.primary)
     order = [int(j) for j in np.argsort(-scores, kind="stable")]
     rows = [j for j in order[:VERIFY_TOP] if cosine[j] >= thresholds.verify_cosine or ids[j] == query.image_id]
     others = [j for j in order if ids[j] != query.image_id]

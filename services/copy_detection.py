@@ -8,7 +8,8 @@ image and no model call.
 
 Query side (`query_embeddings`): the query is embedded in a few views in one Predict call:
 first itself, or de-rotated when its corners show the uniform fill that a rotation with
-expand=True leaves; then its mirror image; and, if it has uniform borders, itself without them.
+expand=True leaves and then itself as it came too (the primary views); then the first's mirror
+image; and, if it has uniform borders, the first without them.
 Then:
 
 1. shortlist: search Annoy with every view, keep each image's best cosine similarity, take the
@@ -27,6 +28,7 @@ Plain numpy and Pillow; the model is reached through anything with `embed(uint8 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -87,87 +89,95 @@ def layout_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # -- querying -----------------------------------------------------------------------------------
 def query_views(image: Image.Image) -> list[Image.Image]:
-    """The images a query is seen as: first itself (de-rotated if it looks rotated), then its
-    mirror image and, if it has uniform borders, itself without them."""
-    base, trimmed = _base_and_trimmed(image)
-    return [base, ImageOps.mirror(base)] + ([trimmed] if trimmed is not None else [])
+    """The images a query is seen as: first itself, or de-rotated if it looks rotated and then
+    itself as it came too; then the first's mirror image and, if it has uniform borders, the first
+    without them. (Dark corners of an unrotated picture, a vignette say, can look like a rotation's
+    fill: the de-rotated view is then a wrong crop, and the picture itself must still be seen.)"""
+    base, as_given, trimmed = _views(image)
+    return [v for v in (base, as_given, ImageOps.mirror(base), trimmed) if v is not None]
 
 
-def _base_and_trimmed(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+def _views(image: Image.Image) -> tuple[Image.Image, Image.Image | None, Image.Image | None]:
+    """(the first view, the image as given if the first is de-rotated, the first without borders)."""
     image = images.to_rgb(image)
     angle = estimate_rotation(image)
     base = derotate(image, angle) if angle else image
     trimmed = trim_borders(base)
-    return base, (trimmed if trimmed is not base else None)
+    return base, (image if angle else None), (trimmed if trimmed is not base else None)
 
 
-def query_embeddings(client, image: Image.Image, embed_trimmed: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings [K, D], layouts [K, 256]) of one query's K = 2 or 3 views, one model call.
+class Views(NamedTuple):
+    embeddings: np.ndarray  # [K, D]
+    layouts: np.ndarray     # [K, 256]
+    primary: int            # the first `primary` views count without their layout confirming them
+
+
+def query_arrays(image: Image.Image, size: int, embed_trimmed: bool = True) -> tuple[np.ndarray, list[int], int]:
+    """The model inputs of `query_views` [K, S, S, 3], which of them the model embeds (the others
+    reuse the first view's embedding), and how many are primary views."""
+    base, as_given, trimmed = _views(image)
+    first = images.prepare(base, size)
+    arrays, own = [first], [0]
+    if as_given is not None:
+        arrays.append(images.prepare(as_given, size))
+        own.append(1)
+    primary = len(arrays)
+    arrays.append(first[:, ::-1])
+    if trimmed is not None:
+        arrays.append(images.prepare(trimmed, size))
+        own += [len(arrays) - 1] if embed_trimmed else []
+    return np.stack(arrays), own, primary
+
+
+def query_embeddings(client, image: Image.Image, embed_trimmed: bool = True) -> Views:
+    """One query's K = 2 to 4 views, embedded in one model call.
 
     The mirror view is not sent to the model: pooled CNN features barely change under a mirror
     (the baseline already finds mirrored copies at rank 1 in 0.99 of cases), so it reuses the
     first view's embedding and brings only its layout, the part that does change. That keeps the
     model call at one image for most queries (docs/quality.md measures both ways)."""
-    size = client.info().input_size[0]
-    base, trimmed = _base_and_trimmed(image)
-    first = images.prepare(base, size)
-    arrays = np.stack([first, first[:, ::-1]] + ([images.prepare(trimmed, size)] if trimmed is not None else []))
-    if not embed_trimmed:  # the trimmed view brings its layout only, reusing the first embedding
-        embedded = client.embed(arrays[:1])
-        return np.repeat(embedded, len(arrays), axis=0), layout(arrays)
-    embedded = client.embed(arrays[[0, *range(2, len(arrays))]])
-    return np.concatenate([embedded[:1], embedded[:1], embedded[1:]]), layout(arrays)
+    arrays, own, primary = query_arrays(image, client.info().input_size[0], embed_trimmed)
+    embedded = client.embed(arrays[own])
+    emb = np.repeat(embedded[:1], len(arrays), axis=0)
+    emb[own] = embedded
+    return Views(emb, layout(arrays), primary)
 
 
 def rerank_scores(q_emb: np.ndarray, q_layouts: np.ndarray, emb: np.ndarray, layouts: np.ndarray,
-                  bonus: float = LAYOUT_BONUS, threshold: float = LAYOUT_THRESHOLD) -> np.ndarray:
+                  bonus: float = LAYOUT_BONUS, threshold: float = LAYOUT_THRESHOLD, primary: int = 1) -> np.ndarray:
     """[M] scores of M candidates (embeddings [M, D], layouts [M, V, 256]) for one query's views
-    (q_emb [K, D], q_layouts [K, 256], the first view first): the best over views of cosine +
-    layout bonus, views after the first counting only where their layout reaches the threshold."""
-    return _rerank(q_emb, q_layouts, emb, layouts, bonus, threshold)[0]
+    (q_emb [K, D], q_layouts [K, 256], the `primary` views first): the best over views of cosine +
+    layout bonus, views after the primary ones counting only where their layout reaches the threshold."""
+    return _rerank(q_emb, q_layouts, emb, layouts, bonus, threshold, primary)[0]
 
 
-def _rerank(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, threshold=LAYOUT_THRESHOLD):
+def _rerank(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, threshold=LAYOUT_THRESHOLD, primary=1):
     """(scores [M], the cosine of each candidate's winning view [M])."""
-    scores, cosine, _ = rerank_with_layouts(q_emb, q_layouts, emb, layouts, bonus, threshold)
+    scores, cosine, _ = rerank_with_layouts(q_emb, q_layouts, emb, layouts, bonus, threshold, primary)
     return scores, cosine
 
 
-def rerank_with_layouts(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, threshold=LAYOUT_THRESHOLD):
+def rerank_with_layouts(q_emb, q_layouts, emb, layouts, bonus=LAYOUT_BONUS, threshold=LAYOUT_THRESHOLD,
+                        primary=1):
     """(scores [M], the cosine of each candidate's winning view [M], each candidate's best layout
     similarity over the query's views [M])."""
     cosine = np.asarray(q_emb, np.float32) @ np.asarray(emb, np.float32).T  # [K, M]
     lay = np.einsum("kd,mvd->kmv", np.asarray(q_layouts, np.float32), np.asarray(layouts, np.float32)).max(-1)
     scores = cosine + bonus * np.maximum(0.0, lay - threshold) / (1.0 - threshold)
-    scores[1:] = np.where(lay[1:] >= threshold, scores[1:], -np.inf)
+    scores[primary:] = np.where(lay[primary:] >= threshold, scores[primary:], -np.inf)
     best = scores.argmax(axis=0)
     columns = np.arange(scores.shape[1])
     return scores[best, columns], cosine[best, columns], lay.max(axis=0)
 
 
-def search_copies(searcher, store, model_key: str, q_emb: np.ndarray, q_layouts: np.ndarray, k: int,
-                  shortlist: int = SHORTLIST, where=None) -> list[tuple[str, float, float]]:
-    """The service's query path: [(image id, cosine of the view that ranked it, ranking score)], best
-    first. Step 1 is the index (Annoy plus fresh items, deletions filtered), step 2 `rerank_scores`
-    over the shortlist's stored vectors and layouts. `where`: a `services.index.filters.Filter`."""
-    candidates = searcher.shortlist(q_emb, max(k, shortlist), effort_k=k, where=where)
-    ids, emb, layouts = store.get_vectors_and_layouts(model_key, [i for i, _ in candidates],
-                                                      (len(LAYOUT_VIEWS), LAYOUT_SIDE * LAYOUT_SIDE))
-    if not ids:
-        return []
-    scores, cosine = _rerank(q_emb, q_layouts, emb, layouts)
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [(ids[j], float(min(1.0, cosine[j])), float(scores[j])) for j in order]
-
-
 def search(q_emb: np.ndarray, q_layouts: np.ndarray, emb: np.ndarray, layouts: np.ndarray,
-           shortlist: int = SHORTLIST) -> np.ndarray:
+           shortlist: int = SHORTLIST, primary: int = 1) -> np.ndarray:
     """Exact reference of the whole query path over N images: [N] scores, -inf outside the
     shortlist. The service does step 1 with Annoy (one search per view, best per image)."""
     cosine = (np.asarray(q_emb, np.float32) @ np.asarray(emb, np.float32).T).max(axis=0)
     keep = np.argsort(-cosine, kind="stable")[:shortlist]
     scores = np.full(len(emb), -np.inf)
-    scores[keep] = rerank_scores(q_emb, q_layouts, emb[keep], layouts[keep])
+    scores[keep] = rerank_scores(q_emb, q_layouts, emb[keep], layouts[keep], primary=primary)
     return scores
 
 

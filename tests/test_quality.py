@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from services import images
 from services import copy_detection as robust
@@ -73,6 +73,11 @@ def test_rerank_scores_hand_computed():
     two = robust.rerank_scores(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [0.0, 1.0]]),
                                emb, layouts, 0.3, 0.5)
     assert two == pytest.approx([1.3, 1.18, 1.1, 0.3])
+    # Two primary views (a de-rotated query and the query as it came): the second counts without
+    # its layout, so the last candidate gets its cosine 1 through it.
+    primary = robust.rerank_scores(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [0.0, 1.0]]),
+                                   emb, layouts, 0.3, 0.5, primary=2)
+    assert primary == pytest.approx([1.3, 1.18, 1.1, 1.0])
 
 
 def test_search_reranks_a_shortlist():
@@ -112,6 +117,32 @@ def test_trim_borders(photo):
 def test_query_views(photo):
     assert len(robust.query_views(photo)) == 2  # itself and its mirror image
     assert len(robust.query_views(ImageOps.expand(photo, border=20, fill=(0, 0, 0)))) == 3
+
+
+def _dark_corners(photo: Image.Image) -> Image.Image:
+    picture = photo.copy()
+    w, h = picture.size
+    cut = min(w, h) // 4
+    draw = ImageDraw.Draw(picture)
+    for x, y, dx, dy in ((0, 0, 1, 1), (w - 1, 0, -1, 1), (0, h - 1, 1, -1), (w - 1, h - 1, -1, -1)):
+        draw.polygon([(x, y), (x + dx * cut * 2, y), (x, y + dy * cut)], fill=(0, 0, 0))
+    return picture
+
+
+@pytest.mark.parametrize("kind", ["rotated", "dark corners"])
+def test_a_query_that_looks_rotated_is_also_seen_as_it_came(photo, kind):
+    """Dark triangles in the corners read as a rotation's fill whether or not the picture was
+    rotated (a vignette, a dark photo): the de-rotated view comes first, the picture as it came
+    second, both primary, so a wrong de-rotation cannot hide the picture itself."""
+    picture = photo.rotate(20, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255)) \
+        if kind == "rotated" else _dark_corners(photo)
+    assert robust.estimate_rotation(picture) != 0.0
+    views = robust.query_views(picture)
+    assert views[1] is not None and np.array_equal(np.asarray(views[1]), np.asarray(picture))
+    arrays, own, primary = robust.query_arrays(picture, 224)
+    assert primary == 2 and own[:2] == [0, 1] and len(arrays) == len(views)
+    assert np.array_equal(arrays[1], images.prepare(picture, 224))
+    assert len(robust.query_views(photo)) == 2 and robust.query_arrays(photo, 224)[2] == 1
 
 
 @pytest.mark.parametrize("family", list(unlisted_edits.FAMILIES))
