@@ -25,8 +25,8 @@ from services import files
 from services.store import image_id
 from tests.conftest import QuietHandler, imagenet_photos
 from tests.hostile import (
-    READ_TOKEN, TOKEN, concatenated_gzip_tar, encode, gif_bomb, gnu_long_name_bomb, jpeg, member, million_entry_zip,
-    pax_header_bomb, tar_bytes, tiff_bomb, webp_bomb,
+    READ_TOKEN, TOKEN, concatenated_gzip_tar, encode, gif_bomb, gnu_long_name_bomb, jpeg, jpeg_scan_bomb, member,
+    million_entry_zip, pax_header_bomb, tar_bytes, tiff_bomb, webp_bomb,
 )
 from tests.test_bad_input import png_header_only
 
@@ -105,6 +105,7 @@ CASES = [
     ("GIF bomb query", "open", "post", "/search", query(gif_bomb()), 413, "too_large"),
     ("TIFF bomb query", "open", "post", "/search", query(tiff_bomb()), 413, "too_large"),
     ("WebP bomb query", "open", "post", "/search", query(webp_bomb()), 413, "too_large"),
+    ("JPEG scan bomb query", "open", "post", "/search", query(jpeg_scan_bomb()), 413, "too_large"),
     ("9 MP PNG over the 4 MP query budget", "open", "post", "/search",
      query(encode(Image.new("L", (3000, 3000)), "PNG")), 413, "too_large"),
     ("SVG query", "open", "post", "/search", query(b'<svg xmlns="http://www.w3.org/2000/svg"/>'), 415,
@@ -158,6 +159,19 @@ def test_hostile_request_gets_its_answer(hostile, name, gateway, method, path, k
     if status >= 400:
         assert response.headers["Content-Type"] == "application/json", response.text[:200]
         assert code is None or response.json()["error"]["code"] == code, response.json()
+    hostile.assert_serving()
+
+
+def test_jpeg_scan_bomb_fails_its_item_at_once(hostile):
+    """A progressive JPEG of 6000 x 6000 whose 2,000 scans took 11 s to decode (a 64 MB one, most
+    of an hour): its item fails with the scan count, the job ends within seconds."""
+    started = time.monotonic()
+    response = hostile.post("/images", files={"file": ("scans.jpg", jpeg_scan_bomb(6000, 2000))})
+    assert response.status_code == 202, response.text
+    job = hostile.job(response.json()["job_id"])
+    assert (job["state"], job["done"], job["failed"]) == ("done", 0, 1), job
+    assert "2006 scans" in job["errors"][0]["error"], job
+    assert time.monotonic() - started < 8, job
     hostile.assert_serving()
 
 
