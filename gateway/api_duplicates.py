@@ -20,6 +20,9 @@ bp = Blueprint("duplicates", __name__, url_prefix="/api/v1/duplicates")
 _GROUP_ID = re.compile(r"[0-9a-f]{16}")
 MAX_LIMIT = 200
 EXPORT_PAGE = 1000
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"); an
+# image's source is a file name or URL the uploader chose, so the CSV export writes it after a quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = ("group_id", "tier", "status", "image_id", "keep", "edited", "deleted", "score", "width",
                   "height", "size_bytes", "created_at", "source")
 
@@ -151,6 +154,11 @@ def export():
     out = io.StringIO()
     writer = csv.DictWriter(out, EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(row | {"source": _inert(row["source"])} for row in rows)
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=duplicates.csv"})
+
+
+def _inert(text: str | None) -> str | None:
+    """Text a spreadsheet shows as text: a leading formula character gets a quote before it."""
+    return "'" + text if text and text.startswith(FORMULA_STARTS) else text

@@ -5,6 +5,7 @@ and lost nothing (`Stack.assert_serving`). docs/reliability.md lists the cases.
 """
 from __future__ import annotations
 
+import csv
 import http.server
 import io
 import json
@@ -172,6 +173,32 @@ def test_jpeg_scan_bomb_fails_its_item_at_once(hostile):
     assert (job["state"], job["done"], job["failed"]) == ("done", 0, 1), job
     assert "2006 scans" in job["errors"][0]["error"], job
     assert time.monotonic() - started < 8, job
+    hostile.assert_serving()
+
+
+FORMULA_NAMES = ['=HYPERLINK("http://evil.example","open").jpg', "+1+1.jpg", "-2+3.jpg", "@SUM(A1).jpg",
+                 "\tcmd.jpg"]
+
+
+def test_duplicate_export_csv_starts_no_cell_with_a_formula(hostile):
+    """Uploads named like spreadsheet formulas, re-encodings of one photo (an exact duplicate
+    group): in the CSV export each such source is text (a quote first), never a formula; the JSON
+    export keeps the names as they were."""
+    with Image.open(PHOTOS[7]) as im:
+        photo = im.convert("RGB").resize((200, 160))
+    uploads = [("file", (name, encode(photo, "JPEG", quality=70 + 4 * n))) for n, name in enumerate(FORMULA_NAMES)]
+    response = hostile.post("/images", files=uploads)
+    assert response.status_code == 202, response.text
+    assert hostile.job(response.json()["job_id"])["done"] == len(FORMULA_NAMES)
+    scan = hostile.post("/duplicates/scan", json={})
+    assert hostile.job(scan.json()["job_id"])["state"] == "done"
+    rows = hostile.get("/duplicates/export?format=json").json()["rows"]
+    table = list(csv.DictReader(io.StringIO(hostile.get("/duplicates/export?format=csv").text)))
+    assert set(FORMULA_NAMES) <= {row["source"] for row in rows}
+    assert [row["image_id"] for row in table] == [row["image_id"] for row in rows]
+    for row, line in zip(rows, table):
+        assert not line["source"].startswith(("=", "+", "-", "@", "\t", "\r")), line
+        assert line["source"] in (row["source"] or "", "'" + (row["source"] or "")), (line, row)
     hostile.assert_serving()
 
 
