@@ -14,6 +14,7 @@ import socket
 import tarfile
 import threading
 import time
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -181,15 +182,19 @@ FORMULA_NAMES = ['=HYPERLINK("http://evil.example","open").jpg', "+1+1.jpg", "-2
 
 
 def test_duplicate_export_csv_starts_no_cell_with_a_formula(hostile):
-    """Uploads named like spreadsheet formulas, re-encodings of one photo (an exact duplicate
-    group): in the CSV export each such source is text (a quote first), never a formula; the JSON
-    export keeps the names as they were."""
+    """Uploads named like spreadsheet formulas, and a file whose name holds a CR, all
+    re-encodings of one photo (an exact duplicate group): in the CSV export each formula-like source
+    is text (a quote first), every source reads back whole; the JSON export keeps them as they were."""
     with Image.open(PHOTOS[7]) as im:
         photo = im.convert("RGB").resize((200, 160))
     uploads = [("file", (name, encode(photo, "JPEG", quality=70 + 4 * n))) for n, name in enumerate(FORMULA_NAMES)]
     response = hostile.post("/images", files=uploads)
     assert response.status_code == 202, response.text
     assert hostile.job(response.json()["job_id"])["done"] == len(FORMULA_NAMES)
+    folder = hostile.root / "formulas" / uuid.uuid4().hex  # a CR inside a name: was written unquoted
+    folder.mkdir(parents=True)
+    (folder / "carriage\rreturn.jpg").write_bytes(encode(photo, "JPEG", quality=97))
+    assert hostile.job(hostile.post("/jobs", json={"directory": str(folder)}).json()["job_id"])["done"] == 1
     scan = hostile.post("/duplicates/scan", json={})
     assert hostile.job(scan.json()["job_id"])["state"] == "done"
     rows = hostile.get("/duplicates/export?format=json").json()["rows"]
@@ -199,6 +204,34 @@ def test_duplicate_export_csv_starts_no_cell_with_a_formula(hostile):
     for row, line in zip(rows, table):
         assert not line["source"].startswith(("=", "+", "-", "@", "\t", "\r")), line
         assert line["source"] in (row["source"] or "", "'" + (row["source"] or "")), (line, row)
+    hostile.assert_serving()
+
+
+def test_concurrent_resolves_that_keep_different_images_never_delete_the_whole_group(hostile):
+    """Eight resolves of one group at once, each keeping another member (or a rule's pick) and
+    deleting the others: one runs at a time (the others 409 `resolving`, or 400 `bad_keep` once their
+    choice is gone, or 503 `busy` for a slot), so the group keeps at least one image and every image
+    its `keep` names exists. Was: each checked its keeper while it still existed, then all deleted."""
+    with Image.open(PHOTOS[11]) as im:
+        photo = im.convert("RGB").resize((180, 150))
+    uploads = [("file", (f"race{n}.jpg", encode(photo, "JPEG", quality=62 + 6 * n))) for n in range(4)]
+    response = hostile.post("/images", files=uploads)
+    ids = {answer["id"] for answer in response.json()["images"]}
+    assert hostile.job(response.json()["job_id"])["done"] == 4
+    assert hostile.job(hostile.post("/duplicates/scan", json={}).json()["job_id"])["state"] == "done"
+    group = next(g for g in hostile.get("/duplicates?limit=200").json()["groups"]
+                 if {im["id"] for im in g["images"]} == ids)
+    bodies = [{"keep": [member], "delete_others": True} for member in sorted(ids)] + \
+        [{"rule": rule, "delete_others": True} for rule in ("oldest", "newest", "most_pixels", "largest_file")]
+    url = f"/duplicates/{group['group_id']}/resolve"
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: hostile.post(url, json=body), bodies))
+    assert any(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert {a.json()["error"]["code"] for a in answers if a.status_code != 200} <= {"resolving", "bad_keep", "busy"}
+    final = hostile.get(f"/duplicates/{group['group_id']}").json()
+    alive = {im["id"] for im in final["images"] if not im["deleted"]}
+    assert alive and set(final["keep"]) <= alive, final
+    assert all(hostile.get(f"/images/{i}").status_code == (200 if i in alive else 404) for i in ids)
     hostile.assert_serving()
 
 
