@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from services import files
 from services.store import image_id
@@ -164,6 +164,19 @@ def test_hostile_request_gets_its_answer(hostile, name, gateway, method, path, k
     hostile.assert_serving()
 
 
+def test_thin_images_within_the_limits_are_indexed(hostile):
+    """9 x 29999 and 29999 x 9 (sides within 8..30000): indexed, and found by search (was: ingest
+    failed them, "unexpected error", on an OpenCV assertion in the keypoint detector)."""
+    noise = np.random.default_rng(5).integers(0, 256, (29_999, 9, 3), dtype=np.uint8)
+    thin = [encode(Image.fromarray(a), "PNG") for a in (noise, noise.transpose(1, 0, 2).copy())]
+    response = hostile.post("/images", files=[("file", (f"thin{n}.png", data)) for n, data in enumerate(thin)])
+    job = hostile.job(response.json()["job_id"])
+    assert (job["done"], job["failed"]) == (2, 0), job
+    hit = hostile.post("/search", files={"file": ("q.png", thin[0])}, data={"k": "1"})
+    assert hit.status_code == 200 and hit.json()["results"][0]["id"] == image_id(thin[0]), hit.text
+    hostile.assert_serving()
+
+
 def test_jpeg_scan_bomb_fails_its_item_at_once(hostile):
     """A progressive JPEG of 6000 x 6000 whose 2,000 scans took 11 s to decode (a 64 MB one, most
     of an hour): its item fails with the scan count, the job ends within seconds."""
@@ -207,14 +220,26 @@ def test_duplicate_export_csv_starts_no_cell_with_a_formula(hostile):
     hostile.assert_serving()
 
 
+def shapes(seed: int) -> Image.Image:
+    """A picture no other test indexes (so no other image joins its duplicate group): coloured
+    rectangles and ellipses on grey."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (200, 160), (128, 128, 128))
+    draw = ImageDraw.Draw(im)
+    for _ in range(25):
+        x, y = rng.integers(0, 180), rng.integers(0, 140)
+        box = (int(x), int(y), int(x + rng.integers(10, 60)), int(y + rng.integers(10, 60)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=colour)
+    return im
+
+
 def test_concurrent_resolves_that_keep_different_images_never_delete_the_whole_group(hostile):
     """Eight resolves of one group at once, each keeping another member (or a rule's pick) and
     deleting the others: one runs at a time (the others 409 `resolving`, or 400 `bad_keep` once their
     choice is gone, or 503 `busy` for a slot), so the group keeps at least one image and every image
     its `keep` names exists. Was: each checked its keeper while it still existed, then all deleted."""
-    with Image.open(PHOTOS[11]) as im:
-        photo = im.convert("RGB").resize((180, 150))
-    uploads = [("file", (f"race{n}.jpg", encode(photo, "JPEG", quality=62 + 6 * n))) for n in range(4)]
+    uploads = [("file", (f"race{n}.jpg", encode(shapes(seed=11), "JPEG", quality=62 + 6 * n))) for n in range(4)]
     response = hostile.post("/images", files=uploads)
     ids = {answer["id"] for answer in response.json()["images"]}
     assert hostile.job(response.json()["job_id"])["done"] == 4
