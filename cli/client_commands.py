@@ -145,25 +145,31 @@ def jobs_cmd(job_id, gateway, token):
 @click.command("resize")
 @click.option("--input-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--width", type=int, default=227, show_default=True)
-@click.option("--height", type=int, default=227, show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=227, show_default=True)
+@click.option("--height", type=click.IntRange(min=1), default=227, show_default=True)
 def resize_cmd(input_dir, output_dir, width, height):
     """Resize every image below a folder to WIDTHxHEIGHT (the seed's image_resize), keeping the tree."""
     from tqdm import tqdm
 
     from services import images
+    if max(width, height) > images.MAX_SIDE or width * height > images.DEFAULT_MAX_PIXELS:
+        raise click.BadParameter(f"{width}x{height} is beyond the image limits ({images.MAX_SIDE} pixels a side, "
+                                 f"{images.DEFAULT_MAX_PIXELS / 1e6:g} MP)", param_hint="'--width' / '--height'")
     paths = [p for p in sorted(input_dir.rglob("*")) if p.is_file()]
     failed = 0
     for path in tqdm(paths, unit="img"):
         target = (output_dir / path.relative_to(input_dir)).with_suffix(".jpg")
         try:
             resized = images.resize_exact(images.decode(path), width, height)
-        except images.ImageError as exc:
+        except (images.ImageError, OSError) as exc:  # OSError: the file cannot be read
             failed += 1
             tqdm.write(f"skipped {path}: {exc}")
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        resized.save(target, quality=95)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            resized.save(target, quality=95)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {target}: {exc.strerror or exc}") from None
     click.echo(f"resized {len(paths) - failed} images into {output_dir}; {failed} skipped")
 
 
@@ -172,7 +178,7 @@ def resize_cmd(input_dir, output_dir, width, height):
 @click.option("--output-feature-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output-image-name-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model-server", envvar="VSEARCH_MODEL_SERVER", help="[VSEARCH_MODEL_SERVER]")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 def features_cmd(input_dir, output_feature_file, output_image_name_file, model_server, batch_size):
     """Embed every image below a folder through the model server (the seed's myalexnet_feature)."""
     from cli.features import extract_features

@@ -19,7 +19,11 @@ from services.jobs import submit_duplicate_scan
 bp = Blueprint("duplicates", __name__, url_prefix="/api/v1/duplicates")
 _GROUP_ID = re.compile(r"[0-9a-f]{16}")
 MAX_LIMIT = 200
+RESOLVE_TTL_S = 60  # one resolve of a group at a time (deleting 100 members takes well under this)
 EXPORT_PAGE = 1000
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"); an
+# image's source is a file name or URL the uploader chose, so the CSV export writes it after a quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = ("group_id", "tier", "status", "image_id", "keep", "edited", "deleted", "score", "width",
                   "height", "size_bytes", "created_at", "source")
 
@@ -100,7 +104,18 @@ def get_group(group_id: str):
 def resolve(group_id: str):
     res = resources.get()
     dups = _dups(res)
-    group = _group_or_404(dups, group_id)
+    _group_or_404(dups, group_id)
+    if not dups.claim_resolving(group_id, RESOLVE_TTL_S):
+        raise ApiError(409, "resolving", "another request is resolving this group; read it again, then retry",
+                       {"Retry-After": "1"})
+    try:
+        return _resolve(res, dups, _group_or_404(dups, group_id))  # read again: as the last resolve left it
+    finally:
+        dups.release_resolving(group_id)
+
+
+def _resolve(res, dups: DuplicateStore, group: dict) -> dict:
+    group_id = group["group_id"]
     body = json_body()
     members = [m["id"] for m in group["members"]]
     live = [r for r in res.store.get_images(members) if r and r["status"] != "deleted"]
@@ -149,8 +164,13 @@ def export():
     if fmt == "json":
         return {"rows": rows}
     out = io.StringIO()
-    writer = csv.DictWriter(out, EXPORT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, EXPORT_COLUMNS)  # lines end in CRLF, so a CR or LF in a value is quoted
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(row | {"source": _inert(row["source"])} for row in rows)
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=duplicates.csv"})
+
+
+def _inert(text: str | None) -> str | None:
+    """Text a spreadsheet shows as text: a leading formula character gets a quote before it."""
+    return "'" + text if text and text.startswith(FORMULA_STARTS) else text

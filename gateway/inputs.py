@@ -31,13 +31,28 @@ def json_body() -> dict:
 
 def _parse_json(raw: bytes) -> dict:
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        body = strict_json(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON ({type(exc).__name__})") from None
+    except ValueError as exc:
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
-    _check_values(body)
     return body
+
+
+def strict_json(text: str):
+    """`json.loads`, refusing (ValueError) what nothing downstream can hold: NaN, Infinity,
+    numbers beyond a float, integers of thousands of digits, lone surrogates, deep nesting. For the
+    body and for JSON sent inside a form field (a search's `filter`)."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    _check_values(value)
+    return value
 
 
 def _refuse_constant(name: str):
@@ -51,18 +66,18 @@ def _finite(text: str) -> float:
     return value
 
 
-def _check_values(body: dict) -> None:
+def _check_values(value) -> None:
     """Nesting depth and text (keys too) that encodes as UTF-8, checked without recursion."""
-    stack = [(body, 1)]
+    stack = [([value], 0)]  # the value in a list of its own: its own text is checked too
     while stack:
         value, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise ApiError(400, "bad_json", f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             for text in (key, item):
                 if isinstance(text, str) and not _utf8(text):
-                    raise ApiError(400, "bad_json", "the body holds a lone surrogate (\\ud800-\\udfff)")
+                    raise ValueError("a lone surrogate (\\ud800-\\udfff)")
             if isinstance(item, (dict, list)):
                 stack.append((item, depth + 1))
 
@@ -132,9 +147,9 @@ def search_filter(body: dict) -> Filter | None:
     where = body.get("filter", request.form.get("filter"))
     try:
         if isinstance(where, str):
-            where = json.loads(where)
+            where = strict_json(where)
         return Filter.parse(body.get("collection", request.form.get("collection")), where)
-    except ValueError as exc:  # json.JSONDecodeError is one
+    except ValueError as exc:
         raise ApiError(400, "bad_filter", str(exc)) from None
 
 

@@ -36,6 +36,11 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # sniffed in th
 DEFAULT_MAX_PIXELS = Settings.max_image_pixels
 MAX_SIDE = 30_000
 MIN_SIDE = 8
+# A progressive JPEG's scans are each decoded over every block of the image: a scan of a few bytes
+# of end-of-band runs costs ~5 ms at 36 MP, so 2,000 of them (260 KB) took 11 s to decode and a
+# 64 MB upload would take most of an hour. Encoders write about 10 (libjpeg's progression) to a few
+# dozen; more is refused before decoding, as libjpeg-turbo's own tools can (djpeg -maxscans).
+MAX_JPEG_SCANS = 100
 # Model inputs: a box reduction by an integer factor (Pillow's `reduce`, exact integer code) while the
 # short side stays >= the target, then OpenCV's bit-exact bilinear (INTER_LINEAR_EXACT: the same
 # output on every CPU, so gateway and worker agree wherever they run). The bilinear step then never
@@ -172,7 +177,18 @@ def _open(data: bytes | str | os.PathLike, max_pixels: int | None) -> tuple[Imag
     except _DECODE_ERRORS as exc:
         raise UndecodableImage(f"cannot read the {fmt} header: {exc}") from None
     _check_size(im.size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    if fmt == "JPEG":
+        _check_scans(data)
     return im, fmt
+
+
+def _check_scans(data: bytes) -> None:
+    """At most MAX_JPEG_SCANS start-of-scan markers. Counted as the byte pair FF DA: in the
+    entropy-coded data an FF is always followed by 00 or a restart marker, so only a pair inside
+    metadata (an EXIF thumbnail's own scan) can add to the count."""
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooLarge(f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded")
 
 
 def _draft(im: Image.Image, size: int) -> None:

@@ -43,9 +43,13 @@ class Features:
 EMPTY = Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
 
 
+_EDGE = 15  # ORB's edgeThreshold: no keypoint lies closer to a border
+
+
 def _detector(n: int):
     # edge threshold and patch size below ORB's 31 keep keypoints near the borders of small images
-    return cv2.ORB_create(nfeatures=n, scaleFactor=1.2, nlevels=8, edgeThreshold=15, patchSize=15, fastThreshold=10)
+    return cv2.ORB_create(nfeatures=n, scaleFactor=1.2, nlevels=8, edgeThreshold=_EDGE, patchSize=15,
+                          fastThreshold=10)
 
 
 def _grey(image) -> np.ndarray:
@@ -60,8 +64,13 @@ def _grey(image) -> np.ndarray:
 
 
 def features(image, n: int = MAX_KEYPOINTS) -> Features:
-    """The ORB features of an image (Pillow, RGB already; or uint8 [H, W(, 3)])."""
-    keypoints, desc = _detector(n).detectAndCompute(_grey(image), None)
+    """The ORB features of an image (Pillow, RGB already; or uint8 [H, W(, 3)]). A frame thinner
+    than ORB's border on both sides has none (a 9 x 29999 image is 1 x 400 here, and ORB's pyramid
+    failed an OpenCV assertion on it)."""
+    grey = _grey(image)
+    if min(grey.shape) <= 2 * _EDGE:
+        return EMPTY
+    keypoints, desc = _detector(n).detectAndCompute(grey, None)
     if desc is None or not keypoints:
         return EMPTY
     return Features(np.array([k.pt for k in keypoints], np.float32), desc)

@@ -206,3 +206,22 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarf
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, linkname
     return info
+
+
+def jpeg_scan_bomb(side: int = 2000, scans: int = 2000) -> bytes:
+    """A progressive grey JPEG of side x side with its AC scan repeated `scans` times: each copy is a
+    few bytes of end-of-band runs that the decoder walks over every block of the image (2000 x 2000
+    and 2,000 scans: 48 KB, ~1.5 s to decode; 6000 x 6000: 260 KB, ~11 s)."""
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    first_scan = data.index(b"\xff\xda")
+    # an AC table (class 1, id 1) of one 1-bit code, for symbol E0: an end-of-band run with 14 more bits
+    table = b"\xff\xc4" + struct.pack(">H", 2 + 17 + 1) + b"\x11" + bytes([1] + [0] * 15) + b"\xe0"
+    runs = -(-((side + 7) // 8) ** 2 // 32767)  # each run skips up to 32767 blocks
+    bits = ("0" + "1" * 14) * runs
+    bits += "1" * (-len(bits) % 8)
+    entropy = b"".join(b"\xff\x00" if byte == 0xFF else bytes([byte])  # an FF in entropy data is stuffed
+                       for byte in (int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)))
+    scan = b"\xff\xda" + struct.pack(">HBBBBBB", 8, 1, 1, 0x01, 1, 63, 0) + entropy  # component 1, bands 1-63
+    return data[:first_scan] + table + data[first_scan:-2] + scan * scans + b"\xff\xd9"

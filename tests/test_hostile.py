@@ -5,6 +5,7 @@ and lost nothing (`Stack.assert_serving`). docs/reliability.md lists the cases.
 """
 from __future__ import annotations
 
+import csv
 import http.server
 import io
 import json
@@ -13,20 +14,21 @@ import socket
 import tarfile
 import threading
 import time
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from services import files
 from services.store import image_id
 from tests.conftest import QuietHandler, imagenet_photos
 from tests.hostile import (
-    READ_TOKEN, TOKEN, concatenated_gzip_tar, encode, gif_bomb, gnu_long_name_bomb, jpeg, member, million_entry_zip,
-    pax_header_bomb, tar_bytes, tiff_bomb, webp_bomb,
+    READ_TOKEN, TOKEN, concatenated_gzip_tar, encode, gif_bomb, gnu_long_name_bomb, jpeg, jpeg_scan_bomb, member,
+    million_entry_zip, pax_header_bomb, tar_bytes, tiff_bomb, webp_bomb,
 )
 from tests.test_bad_input import png_header_only
 
@@ -105,6 +107,7 @@ CASES = [
     ("GIF bomb query", "open", "post", "/search", query(gif_bomb()), 413, "too_large"),
     ("TIFF bomb query", "open", "post", "/search", query(tiff_bomb()), 413, "too_large"),
     ("WebP bomb query", "open", "post", "/search", query(webp_bomb()), 413, "too_large"),
+    ("JPEG scan bomb query", "open", "post", "/search", query(jpeg_scan_bomb()), 413, "too_large"),
     ("9 MP PNG over the 4 MP query budget", "open", "post", "/search",
      query(encode(Image.new("L", (3000, 3000)), "PNG")), 413, "too_large"),
     ("SVG query", "open", "post", "/search", query(b'<svg xmlns="http://www.w3.org/2000/svg"/>'), 415,
@@ -158,6 +161,102 @@ def test_hostile_request_gets_its_answer(hostile, name, gateway, method, path, k
     if status >= 400:
         assert response.headers["Content-Type"] == "application/json", response.text[:200]
         assert code is None or response.json()["error"]["code"] == code, response.json()
+    hostile.assert_serving()
+
+
+def test_thin_images_within_the_limits_are_indexed(hostile):
+    """9 x 29999 and 29999 x 9 (sides within 8..30000): indexed, and found by search (was: ingest
+    failed them, "unexpected error", on an OpenCV assertion in the keypoint detector)."""
+    noise = np.random.default_rng(5).integers(0, 256, (29_999, 9, 3), dtype=np.uint8)
+    thin = [encode(Image.fromarray(a), "PNG") for a in (noise, noise.transpose(1, 0, 2).copy())]
+    response = hostile.post("/images", files=[("file", (f"thin{n}.png", data)) for n, data in enumerate(thin)])
+    job = hostile.job(response.json()["job_id"])
+    assert (job["done"], job["failed"]) == (2, 0), job
+    hit = hostile.post("/search", files={"file": ("q.png", thin[0])}, data={"k": "1"})
+    assert hit.status_code == 200 and hit.json()["results"][0]["id"] == image_id(thin[0]), hit.text
+    hostile.assert_serving()
+
+
+def test_jpeg_scan_bomb_fails_its_item_at_once(hostile):
+    """A progressive JPEG of 6000 x 6000 whose 2,000 scans took 11 s to decode (a 64 MB one, most
+    of an hour): its item fails with the scan count, the job ends within seconds."""
+    started = time.monotonic()
+    response = hostile.post("/images", files={"file": ("scans.jpg", jpeg_scan_bomb(6000, 2000))})
+    assert response.status_code == 202, response.text
+    job = hostile.job(response.json()["job_id"])
+    assert (job["state"], job["done"], job["failed"]) == ("done", 0, 1), job
+    assert "2006 scans" in job["errors"][0]["error"], job
+    assert time.monotonic() - started < 8, job
+    hostile.assert_serving()
+
+
+FORMULA_NAMES = ['=HYPERLINK("http://evil.example","open").jpg', "+1+1.jpg", "-2+3.jpg", "@SUM(A1).jpg",
+                 "\tcmd.jpg"]
+
+
+def test_duplicate_export_csv_starts_no_cell_with_a_formula(hostile):
+    """Uploads named like spreadsheet formulas, and a file whose name holds a CR, all
+    re-encodings of one photo (an exact duplicate group): in the CSV export each formula-like source
+    is text (a quote first), every source reads back whole; the JSON export keeps them as they were."""
+    with Image.open(PHOTOS[7]) as im:
+        photo = im.convert("RGB").resize((200, 160))
+    uploads = [("file", (name, encode(photo, "JPEG", quality=70 + 4 * n))) for n, name in enumerate(FORMULA_NAMES)]
+    response = hostile.post("/images", files=uploads)
+    assert response.status_code == 202, response.text
+    assert hostile.job(response.json()["job_id"])["done"] == len(FORMULA_NAMES)
+    folder = hostile.root / "formulas" / uuid.uuid4().hex  # a CR inside a name: was written unquoted
+    folder.mkdir(parents=True)
+    (folder / "carriage\rreturn.jpg").write_bytes(encode(photo, "JPEG", quality=97))
+    assert hostile.job(hostile.post("/jobs", json={"directory": str(folder)}).json()["job_id"])["done"] == 1
+    scan = hostile.post("/duplicates/scan", json={})
+    assert hostile.job(scan.json()["job_id"])["state"] == "done"
+    rows = hostile.get("/duplicates/export?format=json").json()["rows"]
+    table = list(csv.DictReader(io.StringIO(hostile.get("/duplicates/export?format=csv").text)))
+    assert set(FORMULA_NAMES) <= {row["source"] for row in rows}
+    assert [row["image_id"] for row in table] == [row["image_id"] for row in rows]
+    for row, line in zip(rows, table):
+        assert not line["source"].startswith(("=", "+", "-", "@", "\t", "\r")), line
+        assert line["source"] in (row["source"] or "", "'" + (row["source"] or "")), (line, row)
+    hostile.assert_serving()
+
+
+def shapes(seed: int) -> Image.Image:
+    """A picture no other test indexes (so no other image joins its duplicate group): coloured
+    rectangles and ellipses on grey."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (200, 160), (128, 128, 128))
+    draw = ImageDraw.Draw(im)
+    for _ in range(25):
+        x, y = rng.integers(0, 180), rng.integers(0, 140)
+        box = (int(x), int(y), int(x + rng.integers(10, 60)), int(y + rng.integers(10, 60)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=colour)
+    return im
+
+
+def test_concurrent_resolves_that_keep_different_images_never_delete_the_whole_group(hostile):
+    """Eight resolves of one group at once, each keeping another member (or a rule's pick) and
+    deleting the others: one runs at a time (the others 409 `resolving`, or 400 `bad_keep` once their
+    choice is gone, or 503 `busy` for a slot), so the group keeps at least one image and every image
+    its `keep` names exists. Was: each checked its keeper while it still existed, then all deleted."""
+    uploads = [("file", (f"race{n}.jpg", encode(shapes(seed=11), "JPEG", quality=62 + 6 * n))) for n in range(4)]
+    response = hostile.post("/images", files=uploads)
+    ids = {answer["id"] for answer in response.json()["images"]}
+    assert hostile.job(response.json()["job_id"])["done"] == 4
+    assert hostile.job(hostile.post("/duplicates/scan", json={}).json()["job_id"])["state"] == "done"
+    group = next(g for g in hostile.get("/duplicates?limit=200").json()["groups"]
+                 if {im["id"] for im in g["images"]} == ids)
+    bodies = [{"keep": [member], "delete_others": True} for member in sorted(ids)] + \
+        [{"rule": rule, "delete_others": True} for rule in ("oldest", "newest", "most_pixels", "largest_file")]
+    url = f"/duplicates/{group['group_id']}/resolve"
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: hostile.post(url, json=body), bodies))
+    assert any(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert {a.json()["error"]["code"] for a in answers if a.status_code != 200} <= {"resolving", "bad_keep", "busy"}
+    final = hostile.get(f"/duplicates/{group['group_id']}").json()
+    alive = {im["id"] for im in final["images"] if not im["deleted"]}
+    assert alive and set(final["keep"]) <= alive, final
+    assert all(hostile.get(f"/images/{i}").status_code == (200 if i in alive else 404) for i in ids)
     hostile.assert_serving()
 
 

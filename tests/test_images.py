@@ -426,3 +426,18 @@ def test_model_input_of_other_images_takes_the_pillow_path(fmt, mode):
     array, info = model_input(data, 64)
     np.testing.assert_array_equal(array, prepare(decode(data, draft_for=64), 64))
     assert info == {"original_size": (120, 90), "source_format": fmt}
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(scans=st.integers(0, 3 * images.MAX_JPEG_SCANS), side=st.sampled_from([64, 500, 2000]))
+def test_a_jpeg_of_more_scans_than_the_limit_is_refused_before_decoding(scans, side):
+    """Scan bombs (tests/hostile.py): any progressive JPEG with more than MAX_JPEG_SCANS scans is
+    too_large, however small; one within the limit decodes."""
+    from tests.hostile import jpeg_scan_bomb
+    data = jpeg_scan_bomb(side, scans)
+    own = jpeg_scan_bomb(side, 0).count(b"\xff\xda")  # libjpeg's progression for grey: 6 scans
+    if own + scans > images.MAX_JPEG_SCANS:
+        with pytest.raises(images.ImageTooLarge, match="scans"):
+            model_input(data, 224)
+    else:
+        assert model_input(data, 224)[0].shape == (224, 224, 3)

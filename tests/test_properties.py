@@ -11,13 +11,14 @@ import http.server
 import io
 import json
 import os
+import socket
 import tarfile
 import threading
 import uuid
 import zipfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
@@ -160,3 +161,121 @@ BODIES = st.dictionaries(st.sampled_from(["url", "urls", "image_id", "k", "label
 def test_any_json_body_gets_an_answer_below_500_and_its_job_ends(hostile, path, body):
     response = hostile.post(path, data=json.dumps(body), headers={"Content-Type": "application/json"})
     assert_job_ends(hostile, response)
+
+
+def assert_error_shape(response) -> None:
+    """Below 500, and a 4xx is the API's error shape: JSON {"error": {"code", "message"}}."""
+    assert response.status_code < 500, response.text[:300]
+    if response.status_code >= 400:
+        assert response.headers["Content-Type"] == "application/json", response.text[:300]
+        error = response.json()["error"]
+        assert isinstance(error["code"], str) and isinstance(error["message"], str), error
+
+
+BIG_NUMBERS = st.one_of(st.integers(), st.integers(min_value=10**308, max_value=10**4000), st.floats(),
+                        st.just(-(10**400)))
+NESTED_TEXT = st.integers(0, 50_000).map(lambda n: "[" * n + "]" * n)
+FILTER_VALUES = st.one_of(JSON, BIG_NUMBERS, NESTED_TEXT, st.datetimes().map(lambda d: d.isoformat()),
+                          st.text(max_size=30))
+FILTERS = st.dictionaries(st.sampled_from(["label", "collection", "created_after", "created_before", "x"]),
+                          FILTER_VALUES, max_size=3)
+
+
+@BOUNDED
+@example(filter_="[" * 50_000 + "]" * 50_000, collection=None, min_verdict=None, as_form=True)  # was a 500
+@example(filter_={"created_after": 10**400}, collection=None, min_verdict=None, as_form=False)  # was a 500
+@given(filter_=st.one_of(FILTERS, FILTERS.map(json.dumps), FILTER_VALUES),
+       collection=st.one_of(st.none(), JSON), min_verdict=st.one_of(st.none(), JSON),
+       as_form=st.booleans())
+def test_any_search_filter_gets_an_answer_below_500_in_the_error_shape(hostile, filter_, collection, min_verdict,
+                                                                      as_form):
+    """`filter`, `collection`, `min_verdict` of a search by id, in a JSON body or a form (where
+    `filter` is JSON text): numbers beyond a float, deep nesting, dates far from the epoch, and
+    NaN or Infinity (json.dumps writes them; the gateway must refuse them)."""
+    fields = {"image_id": hostile.sentinel, "filter": filter_, "collection": collection, "min_verdict": min_verdict}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if as_form:
+        form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        response = hostile.post("/search", data=form)
+    else:
+        response = hostile.post("/search", data=json.dumps(fields), headers={"Content-Type": "application/json"})
+    assert_error_shape(response)
+
+
+COMPONENTS = st.one_of(NAMES, st.sampled_from([".", "", "~", "a" * 256, "\u00e9" * 128]),
+                       st.integers(1, 3000).map(lambda n: "a/" * n))
+
+
+@BOUNDED
+@example(parts=["a" * 256])  # a name longer than the file system's 255 bytes: was a 500
+@example(parts=["a/" * 2100])  # a path beyond PATH_MAX: was a 500
+@given(parts=st.lists(COMPONENTS, min_size=1, max_size=5))
+def test_any_directory_path_inside_a_root_gets_an_answer_below_500(hostile, parts):
+    """Paths below an allowed root of any length and shape (an empty folder of their own): too long
+    a name or path is a 4xx, a folder that exists a job that ends."""
+    base = hostile.root / "paths" / uuid.uuid4().hex
+    base.mkdir(parents=True)
+    response = hostile.post("/jobs", json={"directory": str(base) + "/" + "/".join(parts)})
+    assert_error_shape(response)
+    assert_job_ends(hostile, response)
+
+
+METHODS = st.sampled_from([b"GET", b"POST", b"get", b"G@T", b"PRI", b"A" * 40])
+TARGETS = st.one_of(st.sampled_from([b"/api/v1/index", b"/api/v1/search", b"/api/v1/jobs/x", b"*",
+                                     b"http://evil.example/api/v1/index", b"/api/v1/" + b"a" * 5000]),
+                    st.binary(max_size=30).map(lambda b: b"/api/v1/" + b))
+VERSIONS = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2", b"", b"HTTP/1.1 x"])
+HEADER_NAMES = st.one_of(st.sampled_from([b"X-Request-Id", b"Transfer-Encoding", b"Content-Length", b"SCRIPT_NAME",
+                                          b"PATH_INFO", b"Expect", b"Host", b"Content-Type", b"X-Forwarded-Proto",
+                                          b"X A", b"", b"X-Long"]),
+                         st.binary(min_size=1, max_size=10))
+HEADER_VALUES = st.one_of(st.sampled_from([b"chunked", b"bogus", b"gzip, chunked", b"-1", b"99999999999999999999",
+                                           b"/zz", b"100-continue", b"application/json", b"https", b"a" * 9000]),
+                          st.binary(max_size=20))
+
+
+def http_exchange(base_url: str, request: bytes, timeout_s: float = 10) -> bytes:
+    """Sends raw bytes to the gateway and reads until it closes the connection."""
+    host, port = base_url.split("//")[1].split("/")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        try:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed while we were still sending
+            pass
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@BOUNDED
+@example(method=b"GET", target=b"/api/v1/index", version=b"HTTP/1.1", headers=[(b"X-Request-Id", b"a\x01b")],
+         body=b"")  # gunicorn's HTML 400 page
+@example(method=b"POST", target=b"/api/v1/search", version=b"HTTP/1.1",
+         headers=[(b"Transfer-Encoding", b"chunked")], body=b"zz\r\n{}\r\n0\r\n\r\n")  # HTML 400
+@example(method=b"POST", target=b"/api/v1/search", version=b"HTTP/1.1", headers=[(b"Transfer-Encoding", b"bogus")],
+         body=b"")  # gunicorn's 501
+@example(method=b"GET", target=b"/api/v1/index", version=b"HTTP/1.1", headers=[(b"SCRIPT_NAME", b"/zz")],
+         body=b"")  # a 500
+@given(method=METHODS, target=TARGETS, version=VERSIONS, headers=st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES),
+                                                                          max_size=4), body=st.binary(max_size=40))
+def test_any_http_request_gets_an_answer_below_500_in_the_error_shape(hostile, method, target, version, headers,
+                                                                     body):
+    """Raw requests, malformed at every level gunicorn parses (request line, header names and
+    values, framing): the answer is below 500, and an error is the API's JSON error shape
+    whether gunicorn or the app gave it."""
+    host = hostile.open_url.split("//")[1].split("/")[0].encode()
+    lines = [b" ".join(p for p in (method, target, version) if p), b"Host: " + host, b"Connection: close",
+             *(name + b": " + value for name, value in headers)]
+    answer = http_exchange(hostile.open_url, b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    if answer.startswith(b"HTTP/1.1 100 "):  # an interim answer to Expect: 100-continue
+        answer = answer.split(b"\r\n\r\n", 1)[1]
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert status < 500, answer[:500]
+    if status >= 400:
+        assert b"content-type: application/json" in head.lower(), answer[:500]
+        error = json.loads(payload)["error"]
+        assert set(error) == {"code", "message"}, error
+    hostile.assert_serving()

@@ -492,6 +492,15 @@ def test_zip_slip_and_links(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["000000.jpg", "evil.zip"]
 
 
+def test_a_nameless_zip_member_fails_alone(tmp_path):
+    """A central-directory entry with an empty name (zipfile's is_dir raised IndexError on it, and
+    the whole archive failed as an "unexpected error"): skipped, the other members extracted."""
+    archive = make_zip(tmp_path / "blank.zip", {"": b"e", "cats/ok.jpg": b"ok"})
+    result = extract_archive(archive, tmp_path / "out")
+    assert extracted(result) == [("cats/ok.jpg", "cats", b"ok")]
+    assert [member for member, _ in result.skipped] == [""]
+
+
 def test_tar_links_devices_and_slip(tmp_path):
     def special(name, kind, linkname=""):
         info = tarfile.TarInfo(name)

@@ -7,6 +7,7 @@ comparisons), Milvus into a filter expression over the scalar fields stored besi
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,12 +99,17 @@ def _names(value, what: str, check) -> frozenset[str] | None:
 def _time(value, what: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)  # an int beyond a float: OverflowError
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds):
+            return seconds
     if isinstance(value, str):
         try:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
+        except (ValueError, OverflowError, OSError):  # OverflowError, OSError: beyond the platform's times
             pass
     raise ValueError(f"filter {what} must be epoch seconds or an ISO 8601 time")
 

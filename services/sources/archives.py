@@ -233,7 +233,7 @@ class _Window(io.RawIOBase):
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:
-    if info.is_dir():
+    if info.filename.endswith("/"):  # info.is_dir(), which raises IndexError on an empty name
         return "dir"
     file_type = (info.external_attr >> 16) & 0o170000  # Unix mode, when the zip was made on Unix
     return {0: "file", 0o100000: "file", 0o120000: "link"}.get(file_type, "other")

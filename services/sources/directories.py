@@ -48,7 +48,11 @@ def iter_directory(directory: str | os.PathLike, allowed_roots: Iterable[str | o
         raise SourceError("not_found", "not a usable path") from None
     if not _inside(base, roots):
         raise SourceError("not_allowed", f"{directory} is not inside an allowed root")
-    if not base.is_dir():
+    try:
+        is_dir = base.is_dir()
+    except OSError:  # a name or path too long for the file system
+        raise SourceError("not_found", "not a usable path") from None
+    if not is_dir:
         raise SourceError("not_found", f"{directory} is not a directory")
     if not os.access(base, os.R_OK | os.X_OK):
         raise SourceError("not_allowed", f"{directory} cannot be read by the worker")

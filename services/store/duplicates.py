@@ -10,6 +10,7 @@ Key layout, under the same prefix `p` as the rest of the store (services/store/_
     p:dups:list:<status>:<tier>  zset    group ids, all scored 0: ordered by id (the listing's cursor)
     p:dups:of                    hash    image id -> its group's id
     p:dups:grouping:<job_id>     string  taken by the one task that groups a finished scan (expires)
+    p:dups:resolving:<group_id>  string  taken by the one request resolving the group (expires)
     p:dups:judged:<job_id>       hash    pair digest -> the range of the scan that judges it (so a
                                          pair two ranges both find is judged once); dropped when
                                          the scan is grouped
@@ -156,6 +157,14 @@ class DuplicateStore:
 
     def release_grouping(self, job_id: str) -> None:
         self.redis.delete(self.key("dups", "grouping", job_id))
+
+    def claim_resolving(self, group_id: str, ttl_s: float) -> bool:
+        """True for the one request that resolves this group now (two resolves that each keep
+        another member and delete the others would delete them all); lapses after ttl_s."""
+        return bool(self.redis.set(self.key("dups", "resolving", group_id), 1, nx=True, px=int(ttl_s * 1000)))
+
+    def release_resolving(self, group_id: str) -> None:
+        self.redis.delete(self.key("dups", "resolving", group_id))
 
     def claim_pairs(self, job_id: str, range_key: str, pairs: list[tuple[str, str]],
                     ttl_s: float = JUDGED_TTL_S) -> list[bool]:
