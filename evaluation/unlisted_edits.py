@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
@@ -69,8 +70,7 @@ def lens(im, rng, pool):
     dx, dy = (x - cx) / r0, (y - cy) / r0
     f = 1 + k * (dx * dx + dy * dy)
     out = cv2.remap(np.asarray(im), (cx + dx * f * r0).astype(np.float32), (cy + dy * f * r0).astype(np.float32),
-                    cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REFLECT)
+                    cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return Image.fromarray(out), {"k": round(float(k), 2)}
 
 

@@ -52,7 +52,7 @@ class Query:
     layouts: np.ndarray      # [K, 256]
     image: Image.Image | None  # RGB, for keypoints; None for a stored image (its keypoints loaded)
     load_features: Callable[[], bytes | None] | None = None  # a stored image's packed keypoints
-    model_images: int = 1    # images the view embedding sent to the model (the trimmed view reuses the first)
+    model_images: int = 1    # images the views' model call embedded (copy_detection.Views)
     image_id: str | None = None  # an indexed image as the query: its own id
     primary: int = 1         # views counting without layout confirmation (copy_detection.Views)
     _features: dict = field(default_factory=dict)
@@ -81,8 +81,8 @@ def prepare(client, image: Image.Image) -> Query:
     image = image.convert("RGB")
     keypoints = _KEYPOINTS.submit(verify.features, image)
     views = copy_detection.query_embeddings(client, image, embed_trimmed=False)
-    return Query(views.embeddings, views.layouts, image, model_images=views.primary,  # the primary views only
-                 primary=views.primary, _features={False: keypoints})
+    return Query(views.embeddings, views.layouts, image, model_images=views.model_images, primary=views.primary,
+                 _features={False: keypoints})
 
 
 @dataclass(frozen=True)

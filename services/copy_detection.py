@@ -110,6 +110,7 @@ class Views(NamedTuple):
     embeddings: np.ndarray  # [K, D]
     layouts: np.ndarray     # [K, 256]
     primary: int            # the first `primary` views count without their layout confirming them
+    model_images: int       # how many of the views the model call embedded
 
 
 def query_arrays(image: Image.Image, size: int, embed_trimmed: bool = True) -> tuple[np.ndarray, list[int], int]:
@@ -140,7 +141,7 @@ def query_embeddings(client, image: Image.Image, embed_trimmed: bool = True) -> 
     embedded = client.embed(arrays[own])
     emb = np.repeat(embedded[:1], len(arrays), axis=0)
     emb[own] = embedded
-    return Views(emb, layout(arrays), primary)
+    return Views(emb, layout(arrays), primary, len(own))
 
 
 def rerank_scores(q_emb: np.ndarray, q_layouts: np.ndarray, emb: np.ndarray, layouts: np.ndarray,
